@@ -1,0 +1,62 @@
+"""The validated configuration of one run, built once at the edge (CLI or file)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+LMBFF_SEEDS = (13, 21, 42, 87, 100)
+NO_TEMPLATE = "none"
+
+
+class RunConfig(BaseModel):
+    """Everything that identifies one run: one (task, method, backbone, k, seed, options) cell."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str = Field(description="registered task name (or the name inside --task-file)")
+    task_file: Path | None = Field(default=None, description="YAML/TOML TaskSpec file")
+    method: str
+    backbone: str = "roberta-base"
+    k: int = Field(default=16, ge=1, description="examples per label in train (and in dev)")
+    seed: int = 13
+    data_dir: Path | None = Field(default=None, description="local data root (LM-BFF layout); None = the Hub")
+    template: str | None = Field(default=None, description="template name, LM-BFF template string, or 'none'")
+    label_words: tuple[str, ...] | dict[str, str] | None = None
+    test_cap: int = Field(default=1000, ge=0, description="test examples kept (0 = all)")
+    binary: bool | None = Field(default=None, description="one logit-difference output on 2-class tasks")
+    batch_size: int = Field(default=32, ge=1, description="evaluation batch size")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tracking_uri: str | None = None
+    experiment: str = "kernel-bench"
+    cache_dir: Path | None = Field(default=None, description="split / kernel cache; None = ~/.cache/kernel-bench")
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+
+    @field_validator("template")
+    @classmethod
+    def _template_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("template must not be empty (use 'none' for standard [CLS] inputs)")
+        return value
+
+    @property
+    def prompt_based(self) -> bool:
+        """False when the run uses standard [CLS]-head inputs (``--template none``)."""
+        return self.template is None or self.template.strip().lower() != NO_TEMPLATE
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the run's numbers (not where it is logged)."""
+        return self.model_dump(mode="json", exclude={"tracking_uri", "experiment", "cache_dir", "device"})
+
+    def config_hash(self) -> str:
+        """A short stable hash of `identity`, used to find an existing run of the same cell."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolved_cache_dir(self) -> Path:
+        """The cache directory, defaulting to ``~/.cache/kernel-bench``."""
+        return self.cache_dir or Path.home() / ".cache" / "kernel-bench"

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny tokenizers and masked LMs built from a config (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+
+@pytest.fixture(scope="session")
+def bert_tok(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny uncased WordPiece tokenizer."""
+    return tiny.bert_tokenizer(tmp_path_factory.mktemp("bert_tok"))
+
+
+@pytest.fixture(scope="session")
+def roberta_tok(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny byte-level BPE tokenizer."""
+    return tiny.roberta_tokenizer(tmp_path_factory.mktemp("roberta_tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tok) -> Path:
+    """A saved tiny random BERT masked LM + tokenizer, loadable with from_pretrained."""
+    return tiny.save_pretrained(tiny.bert_mlm(bert_tok), bert_tok, tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory, roberta_tok) -> Path:
+    """A saved tiny random RoBERTa masked LM + tokenizer, loadable with from_pretrained."""
+    return tiny.save_pretrained(tiny.roberta_mlm(roberta_tok), roberta_tok, tmp_path_factory.mktemp("tiny_roberta"))
