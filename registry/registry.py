@@ -36,9 +36,13 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T | str, *, aliases: tuple[str, ...] = (), replace: bool = False) -> None:
         """Register ``obj`` (or a ``"module:attr"`` placeholder) under ``name`` and ``aliases``."""
         key = self._key(name)
+        # A module that registers itself when a lazy placeholder for it is imported fills the placeholder.
+        replace = replace or _fills_placeholder(self._objects.get(key), obj)
         for alias_key in (key, *map(self._key, aliases)):
             taken = alias_key in self._objects or alias_key in self._aliases
-            if taken and not replace:
+            if replace and (alias_key == key or self._aliases.get(alias_key) == key):
+                taken = False
+            if taken:
                 raise BenchError(f"{self.kind} '{alias_key}' is already registered; choose another name")
         self._objects[key] = obj
         for alias in aliases:
@@ -111,6 +115,13 @@ class Registry(Generic[T]):
         """(name, object) pairs, loading placeholders."""
         for name in self.names():
             yield name, self.get(name)
+
+
+def _fills_placeholder(existing: object, obj: object) -> bool:
+    if not isinstance(existing, str) or isinstance(obj, str):
+        return False
+    module, _, attr = existing.partition(":")
+    return getattr(obj, "__module__", None) == module and getattr(obj, "__qualname__", None) == attr
 
 
 def _import_attr(path: str) -> object:

@@ -31,3 +31,13 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tok) -> Path:
 def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory, roberta_tok) -> Path:
     """A saved tiny random RoBERTa masked LM + tokenizer, loadable with from_pretrained."""
     return tiny.save_pretrained(tiny.roberta_mlm(roberta_tok), roberta_tok, tmp_path_factory.mktemp("tiny_roberta"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never touch the network: the Hub is reported unreachable at once."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -34,6 +34,10 @@ class RunContext:
     tracker: Tracker
     device: torch.device
     work_dir: Path
+    launcher: str = "local"
+    deepspeed_config: dict[str, Any] | None = None
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass

@@ -1,0 +1,350 @@
+"""The `bench` command line: list plugins, inspect data, run methods, open the MLflow UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from registry import BenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kernel-bench: fine-tuning vs. its kernel analogs.")
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+KIND_CHOICES = ("tasks", "templates", "backbones", "methods")
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value as JSON when it parses (numbers, booleans, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(opts: list[str], grid: list[str]) -> dict[str, Any]:
+    """``--opt key=value`` and ``--grid key=v1,v2`` pairs as a method-options dict."""
+    options: dict[str, Any] = {}
+    for item in opts:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"--opt expects key=value, got '{item}'")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    if grid:
+        grid_values: dict[str, list[Any]] = {}
+        for item in grid:
+            key, sep, values = item.partition("=")
+            if not sep or not key.strip() or not values.strip():
+                raise BenchError(f"--grid expects key=v1,v2,..., got '{item}'")
+            grid_values[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
+        options["grid"] = grid_values
+    return options
+
+
+def parse_label_words(text: str | None) -> tuple[str, ...] | dict[str, str] | None:
+    """``w1,w2`` (label order) or ``label=word,label=word`` pairs."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise BenchError(f"--label-words has an empty word: '{text}'")
+    if all("=" in p for p in parts):
+        return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in parts)}
+    if any("=" in p for p in parts):
+        raise BenchError("--label-words takes either words in label order or label=word pairs, not both")
+    return tuple(parts)
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+    """Seeds from repeated or comma-separated ``--seed`` values; 'all' = LM-BFF's five seeds."""
+    from benchmark.config import LMBFF_SEEDS
+
+    seeds: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if part == "all":
+                seeds.extend(LMBFF_SEEDS)
+            elif part.lstrip("-").isdigit():
+                seeds.append(int(part))
+            else:
+                raise BenchError(f"--seed expects integers (or 'all'), got '{part}'")
+    return list(dict.fromkeys(seeds))
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    return f"invalid {where}: {first['msg']}"
+
+
+def main() -> None:
+    """Entry point of the ``bench`` console script: user errors print one line and exit 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except BenchError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except ValidationError as exc:
+        err_console.print(f"[bold red]error:[/] {_validation_message(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+@app.command("list")
+def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods")]) -> None:
+    """List the registered tasks, templates, backbones or methods."""
+    from registry import BACKBONES, METHODS, TASKS, load_builtins
+
+    load_builtins()
+    kind = kind.lower()
+    if kind not in KIND_CHOICES:
+        raise BenchError(f"unknown list kind '{kind}'; choose one of: {', '.join(KIND_CHOICES)}")
+    table = Table(title=f"registered {kind}")
+    if kind == "tasks":
+        for column in ("name", "task", "labels", "template", "label words", "max len"):
+            table.add_column(column)
+        for name, spec in TASKS.items():
+            words = ", ".join(spec.label_words[label] for label in spec.labels)
+            table.add_row(name, spec.display_name, str(spec.num_labels), spec.template, words, str(spec.max_seq_len))
+    elif kind == "templates":
+        from benchmark.prompts import registered_templates
+
+        for column in ("name", "template", "label words", "description"):
+            table.add_column(column)
+        for spec in registered_templates():
+            words = ", ".join(spec.label_words.values()) if spec.label_words else "(task's)"
+            table.add_row(spec.name, spec.template, words, spec.description)
+    elif kind == "backbones":
+        import benchmark.backbones  # noqa: F401 - registers the built-ins
+
+        for column in ("name", "path", "family", "description"):
+            table.add_column(column)
+        for name, spec in BACKBONES.items():
+            table.add_row(name, spec.path, spec.family, spec.description)
+        table.caption = "any Hub id (org/name) or local model directory also works"
+    else:
+        for column in ("name", "aliases", "family", "summary"):
+            table.add_column(column)
+        for name, method in METHODS.items():
+            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary)
+    console.print(table)
+
+
+def _task_and_splits(task: str, task_file: Path | None, k: int, seed: int, data_dir: Path | None, test_cap: int):
+    from benchmark.data import load_splits
+
+    from benchmark.config import RunConfig
+    from benchmark.run import resolve_task
+
+    config = RunConfig(task=task, task_file=task_file, method="zero-shot", k=k, seed=seed,
+                       data_dir=data_dir, test_cap=test_cap)
+    spec = resolve_task(config)
+    splits = load_splits(spec, k=k, seed=seed, data_dir=data_dir, test_cap=test_cap,
+                         cache_dir=config.resolved_cache_dir() / "splits")
+    return spec, splits
+
+
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="registered task name")]
+TaskFileOpt = Annotated[Path | None, typer.Option("--task-file", help="a TaskSpec YAML/TOML file")]
+KOpt = Annotated[int, typer.Option("--k", help="examples per label in train (and dev)")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="local data root (LM-BFF layout); default: Hub")]
+TemplateOpt = Annotated[str | None, typer.Option("--template", help="template name, LM-BFF template string, or 'none'")]
+LabelWordsOpt = Annotated[str | None, typer.Option("--label-words", help="w1,w2,... in label order or label=word")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="registered backbone, Hub id, or local path")]
+TestCapOpt = Annotated[int, typer.Option("--test-cap", help="test examples kept (0 = all)")]
+
+
+@app.command("data")
+def data_cmd(
+    task: TaskOpt = "",
+    task_file: TaskFileOpt = None,
+    k: KOpt = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 13,
+    data_dir: DataDirOpt = None,
+    template: TemplateOpt = None,
+    label_words: LabelWordsOpt = None,
+    backbone: BackboneOpt = "roberta-base",
+    test_cap: TestCapOpt = 1000,
+    show: Annotated[int, typer.Option("--show", help="encoded examples shown")] = 3,
+) -> None:
+    """Show split sizes and a few encoded examples (filled template, mask position, label word ids)."""
+    from benchmark.backbones import resolve_backbone
+    from benchmark.prompts import PromptEncoder, resolve_prompt
+
+    if not task and task_file is None:
+        raise BenchError("give --task NAME or --task-file FILE")
+    spec, splits = _task_and_splits(task, task_file, k, seed, data_dir, test_cap)
+    sizes = Table(title=f"{spec.name}: k={k}, seed={seed}")
+    for column in ("split", "examples", *spec.labels):
+        sizes.add_column(column)
+    for name in ("train", "dev", "test"):
+        examples = getattr(splits, name)
+        counts = [str(sum(e.label == i for e in examples)) for i in range(spec.num_labels)]
+        sizes.add_row(name, str(len(examples)), *counts)
+    console.print(sizes)
+    from transformers import AutoTokenizer
+
+    from benchmark.hub import hub_reachable
+
+    bspec = resolve_backbone(backbone)
+    local_only = not Path(bspec.path).exists() and not hub_reachable()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(bspec.path, local_files_only=local_only)
+    except OSError as exc:
+        raise BenchError(
+            f"cannot load the tokenizer of '{backbone}' (Hub unreachable or not cached); pass --backbone DIR"
+        ) from exc
+    tmpl, words = resolve_prompt(spec, template, parse_label_words(label_words))
+    encoder = PromptEncoder(tokenizer, template=tmpl, label_words=words, max_seq_len=spec.max_seq_len,
+                            first_sent_limit=spec.first_sent_limit, other_sent_limit=spec.other_sent_limit)
+    console.print(f"template: {tmpl if tmpl is not None else 'none ([CLS] head)'}")
+    if encoder.prompt_based:
+        triples = zip(spec.labels, words, encoder.label_word_ids, strict=True)
+        pairs = ", ".join(f"{lab}={w} ({i})" for lab, w, i in triples)
+        console.print(f"label words: {pairs}")
+    for example in splits.train[:show]:
+        encoded = encoder.encode(example)
+        console.print(f"[bold]{example.guid}[/] label={spec.labels[example.label]} mask_pos={encoded.mask_pos} "
+                      f"len={len(encoded.input_ids)}", highlight=False)
+        console.print(f"  {encoder.render(example)}", highlight=False, markup=False)
+
+
+def _summary_table(outcomes: list[Any]) -> Table:
+    metric_names = sorted({m for o in outcomes for m in o.result.metrics})
+    table = Table(title="summary")
+    table.add_column("seed")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    table.add_column("run id")
+    for outcome in outcomes:
+        values = [f"{outcome.result.metrics[m]:.4f}" if m in outcome.result.metrics else "-" for m in metric_names]
+        table.add_row(str(outcome.config.seed), *values, outcome.run_id)
+    if len(outcomes) > 1:
+        cells = []
+        for name in metric_names:
+            values = [o.result.metrics[name] for o in outcomes if name in o.result.metrics]
+            std = statistics.pstdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.4f} ± {std:.4f}")
+        table.add_row("mean ± std", *cells, "", style="bold")
+    return table
+
+
+@app.command("run")
+def run_cmd(
+    method: Annotated[str, typer.Option("--method", "-m", help="registered method, e.g. zero-shot, ntk-adam")],
+    task: TaskOpt = "",
+    task_file: TaskFileOpt = None,
+    backbone: BackboneOpt = "roberta-base",
+    k: KOpt = 16,
+    seed: Annotated[list[str], typer.Option("--seed", help="seed(s): repeat, comma-separate, or 'all'")] = ["13"],  # noqa: B006
+    data_dir: DataDirOpt = None,
+    template: TemplateOpt = None,
+    label_words: LabelWordsOpt = None,
+    test_cap: TestCapOpt = 1000,
+    binary: Annotated[bool | None, typer.Option("--binary/--no-binary", help="one logit-difference output")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="evaluation batch size")] = 32,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option("--grid", help="hyper-parameter grid key=v1,v2 (repeatable)")] = [],  # noqa: B006
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="local | deepspeed")] = "local",
+    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")] = None,
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")] = 1,
+    hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")] = None,
+    deepspeed_config: Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")] = None,
+) -> None:
+    """Run a method on a task for one or more seeds; each seed is one MLflow run."""
+    from benchmark.config import RunConfig
+
+    if not task and task_file is None:
+        raise BenchError("give --task NAME or --task-file FILE")
+    options = parse_options(opt, grid)
+    words = parse_label_words(label_words)
+    configs = [
+        RunConfig(task=task, task_file=task_file, method=method, backbone=backbone, k=k, seed=s, data_dir=data_dir,
+                  template=template, label_words=words, test_cap=test_cap, binary=binary, batch_size=batch_size,
+                  device=device, tracking_uri=tracking_uri, experiment=experiment, cache_dir=cache_dir,
+                  options=options)
+        for s in parse_seeds(seed)
+    ]
+    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    outcomes = []
+    for config in configs:
+        outcome = _launch(config, launch)
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
+        console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
+                      f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
+        outcomes.append(outcome)
+    console.print(_summary_table(outcomes))
+
+
+def _launch_options(launcher: str, num_gpus: int | None, num_nodes: int, hostfile: Path | None,
+                    deepspeed_config: Path | None) -> Any:
+    if launcher == "local":
+        if num_gpus not in (None, 1) or num_nodes != 1 or hostfile or deepspeed_config:
+            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed")
+        return None
+    try:
+        from runners import LaunchOptions
+    except ImportError as exc:
+        raise BenchError(f"launcher '{launcher}' is not available: {exc}") from exc
+    return LaunchOptions(launcher=launcher, num_gpus=num_gpus, num_nodes=num_nodes, hostfile=hostfile,
+                         deepspeed_config=deepspeed_config)
+
+
+def _launch(config: Any, launch: Any) -> Any:
+    if launch is None:
+        from benchmark.run import execute
+
+        return execute(config)
+    from runners import launch as run_launch
+
+    return run_launch(config, launch)
+
+
+@app.command("ui")
+def ui_cmd(
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 5000,
+) -> None:
+    """Start the MLflow UI on the tracking store."""
+    import subprocess
+
+    from benchmark.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Built-in methods; importing this package registers them as lazy placeholders."""
+
+from __future__ import annotations
+
+from registry import METHODS
+
+# name -> ("module:Class", aliases). A method module is imported only when the method is used;
+# its own `@register_method` then fills the placeholder.
+BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "zero-shot": ("benchmark.methods.baselines:ZeroShot", ()),
+    "linear-probe": ("benchmark.methods.baselines:LinearProbe", ()),
+}
+
+for _name, (_target, _aliases) in BUILTIN_METHODS.items():
+    if _name not in METHODS:
+        METHODS.add(_name, _target, aliases=_aliases)
