@@ -90,9 +90,21 @@ def _validation_message(exc: ValidationError) -> str:
     return f"invalid {where}: {first['msg']}"
 
 
+def _quiet_libraries() -> None:
+    import logging
+
+    for name in ("mlflow", "alembic", "datasets", "transformers", "deepspeed", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
     """Entry point of the ``bench`` console script: user errors print one line and exit 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
     try:
         app(standalone_mode=False)
     except BenchError as exc:
@@ -125,30 +137,33 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backb
     if kind not in KIND_CHOICES:
         raise BenchError(f"unknown list kind '{kind}'; choose one of: {', '.join(KIND_CHOICES)}")
     table = Table(title=f"registered {kind}")
+    table.add_column("name", no_wrap=True, style="bold")
     if kind == "tasks":
-        for column in ("name", "task", "labels", "template", "label words", "max len"):
+        for column in ("task", "labels", "template", "label words", "max len"):
             table.add_column(column)
         for name, spec in TASKS.items():
             words = ", ".join(spec.label_words[label] for label in spec.labels)
             table.add_row(name, spec.display_name, str(spec.num_labels), spec.template, words, str(spec.max_seq_len))
     elif kind == "templates":
-        from benchmark.prompts import registered_templates
+        from benchmark.prompts import register_task_templates
+        from registry import TEMPLATES
 
-        for column in ("name", "template", "label words", "description"):
+        register_task_templates()
+        for column in ("template", "label words", "description"):
             table.add_column(column)
-        for spec in registered_templates():
+        for _, spec in TEMPLATES.items():
             words = ", ".join(spec.label_words.values()) if spec.label_words else "(task's)"
             table.add_row(spec.name, spec.template, words, spec.description)
     elif kind == "backbones":
         import benchmark.backbones  # noqa: F401 - registers the built-ins
 
-        for column in ("name", "path", "family", "description"):
+        for column in ("path", "family", "description"):
             table.add_column(column)
         for name, spec in BACKBONES.items():
             table.add_row(name, spec.path, spec.family, spec.description)
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:
-        for column in ("name", "aliases", "family", "summary"):
+        for column in ("aliases", "family", "summary"):
             table.add_column(column)
         for name, method in METHODS.items():
             table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary)

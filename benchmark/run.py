@@ -95,24 +95,27 @@ def execute(
 
     ``tracker`` logs into an existing run (a launcher's); with ``finish=False`` the caller closes it.
     """
+    from benchmark.backbones import resolve_backbone
     from benchmark.data import load_splits
 
+    # Validate what a user can get wrong before an MLflow run exists for it.
     task = resolve_task(config)
     method = resolve_method(config)
     device = resolve_device(config)
+    resolve_backbone(config.backbone)
+    splits = load_splits(
+        task,
+        k=config.k,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        test_cap=config.test_cap,
+        cache_dir=config.resolved_cache_dir() / "splits",
+    )
     tracker = tracker or start_tracker(config)
     start = time.perf_counter()
 
     def body() -> RunResult:
         tracker.log_params(flat_params(config, task))
-        splits = load_splits(
-            task,
-            k=config.k,
-            seed=config.seed,
-            data_dir=config.data_dir,
-            test_cap=config.test_cap,
-            cache_dir=config.resolved_cache_dir() / "splits",
-        )
         tracker.log_params({f"n_{name}": size for name, size in splits.sizes().items()})
         with tempfile.TemporaryDirectory(prefix="kernel-bench-") as work:
             ctx = RunContext(

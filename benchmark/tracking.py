@@ -55,9 +55,13 @@ class Tracker:
 
     @staticmethod
     def _client(tracking_uri: str | None) -> Any:
+        import logging
+
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        for name in ("mlflow", "alembic"):  # store migrations log at INFO on every new store
+            logging.getLogger(name).setLevel(logging.WARNING)
         uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(uri)
         return MlflowClient(tracking_uri=uri)

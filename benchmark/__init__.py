@@ -1,0 +1,1 @@
+"""kernel-bench engine: config, data, prompts, models, kernels, methods, tracking and the CLI."""
