@@ -171,9 +171,8 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backb
 
 
 def _task_and_splits(task: str, task_file: Path | None, k: int, seed: int, data_dir: Path | None, test_cap: int):
-    from benchmark.data import load_splits
-
     from benchmark.config import RunConfig
+    from benchmark.data import load_splits
     from benchmark.run import resolve_task
 
     config = RunConfig(task=task, task_file=task_file, method="zero-shot", k=k, seed=seed,
