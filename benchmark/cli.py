@@ -106,7 +106,10 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except BenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -249,7 +252,7 @@ def data_cmd(
 
 
 def _summary_table(outcomes: list[Any]) -> Table:
-    metric_names = sorted({m for o in outcomes for m in o.result.metrics})
+    metric_names = sorted({m for o in outcomes for m in o.result.metrics if m.endswith(("_acc", "_f1"))})
     table = Table(title="summary")
     table.add_column("seed")
     for name in metric_names:
@@ -293,6 +296,10 @@ def run_cmd(
     num_nodes: Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")] = 1,
     hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")] = None,
     deepspeed_config: Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")] = None,
+    save_kernels: Annotated[bool, typer.Option("--save-kernels", help="kernel methods: log the kernels")] = False,
+    load_kernels: Annotated[
+        Path | None, typer.Option("--load-kernels", help="kernel methods: solve on the reference's kernel files in DIR")
+    ] = None,
 ) -> None:
     """Run a method on a task for one or more seeds; each seed is one MLflow run."""
     from benchmark.config import RunConfig
@@ -300,6 +307,12 @@ def run_cmd(
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
     options = parse_options(opt, grid)
+    if save_kernels:
+        options["save_kernels"] = True
+    if load_kernels is not None:
+        if not load_kernels.is_dir():
+            raise BenchError(f"--load-kernels directory '{load_kernels}' does not exist")
+        options["load_kernels"] = str(load_kernels.resolve())
     words = parse_label_words(label_words)
     configs = [
         RunConfig(task=task, task_file=task_file, method=method, backbone=backbone, k=k, seed=s, data_dir=data_dir,
@@ -343,6 +356,45 @@ def _launch(config: Any, launch: Any) -> Any:
     return run_launch(config, launch)
 
 
+@app.command("kernel")
+def kernel_cmd(
+    method: Annotated[str, typer.Option("--method", "-m", help="kernel method: ntk-sgd, ntk-signgd, ntk-adam, ...")],
+    out: Annotated[Path, typer.Option("--out", help="folder for {train,dev,test}_kernels_<task>.pt")],
+    task: TaskOpt = "",
+    task_file: TaskFileOpt = None,
+    backbone: BackboneOpt = "roberta-base",
+    k: KOpt = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 13,
+    data_dir: DataDirOpt = None,
+    template: TemplateOpt = None,
+    label_words: LabelWordsOpt = None,
+    test_cap: TestCapOpt = 1000,
+    binary: Annotated[bool | None, typer.Option("--binary/--no-binary", help="one logit-difference output")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")] = None,
+) -> None:
+    """Compute a kernel method's kernels and save them (reference file layout) without solving."""
+    from benchmark.config import RunConfig
+    from benchmark.methods.kernel import KernelMethod, export_kernels
+    from benchmark.run import build_context, resolve_method
+
+    if not task and task_file is None:
+        raise BenchError("give --task NAME or --task-file FILE")
+    config = RunConfig(task=task, task_file=task_file, method=method, backbone=backbone, k=k, seed=seed,
+                       data_dir=data_dir, template=template, label_words=parse_label_words(label_words),
+                       test_cap=test_cap, binary=binary, device=device, cache_dir=cache_dir,
+                       options=parse_options(opt, []))
+    kernel_method = resolve_method(config)
+    if not isinstance(kernel_method, KernelMethod):
+        raise BenchError(f"'{method}' is not a kernel method; use ntk-sgd, ntk-signgd, ntk-adam, lora-ntk-sgd or "
+                         "lora-ntk-adam")
+    with build_context(config) as ctx:
+        paths = export_kernels(kernel_method, ctx, out)
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+
+
 @app.command("ui")
 def ui_cmd(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store")] = None,
@@ -358,6 +410,113 @@ def ui_cmd(
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     raise typer.Exit(subprocess.call(command))
+
+
+@app.command("sweep")
+def sweep_cmd(
+    file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="tasks, comma-separated")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="methods, comma-separated")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="k values, comma-separated")] = None,
+    seeds: Annotated[list[str] | None, typer.Option("--seeds", help="seeds, comma-separated, or 'all'")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="backbone(s), comma-separated")] = None,
+    template: Annotated[list[str] | None, typer.Option("--template", help="template(s), repeatable")] = None,
+    opt: Annotated[list[str], typer.Option("--opt", help="[METHOD:]key=value (repeatable)")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option("--grid", help="[METHOD:]key=v1,v2: one cell per value")] = [],  # noqa: B006
+    data_dir: DataDirOpt = None,
+    test_cap: Annotated[int | None, typer.Option("--test-cap", help="test examples kept (0 = all)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="evaluation batch size")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="local | deepspeed")] = "local",
+    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")] = None,
+    num_nodes: Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")] = 1,
+    hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")] = None,
+    deepspeed_config: Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and which are done; run nothing")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running")] = True,
+) -> None:
+    """Run a grid of cells (tasks x methods x k x seeds x grid points), skipping finished ones (resumable)."""
+    from benchmark import sweep as sw
+
+    overrides = {
+        "tasks": tasks, "methods": methods, "k": k, "seeds": parse_seeds(seeds) if seeds else None,
+        "backbones": backbone, "templates": template or None, "data_dir": data_dir, "test_cap": test_cap,
+        "batch_size": batch_size, "device": device, "tracking_uri": tracking_uri, "experiment": experiment,
+        "cache_dir": cache_dir,
+    }
+    spec = sw.spec_from_cli(file, overrides, opt, grid)
+    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    if dry_run:
+        from benchmark.tracking import default_tracking_uri
+
+        cells = sw.expand_cells(spec, tracking_uri=spec.tracking_uri or default_tracking_uri())
+        store = sw.open_store(cells[0].config.tracking_uri, spec.experiment, spec.cache_dir, create=False)
+        states = sw.dry_run(cells, store)
+        console.print(sw.dry_run_table(states))
+        counts = {state: sum(s == state for _, s in states) for state in dict.fromkeys(s for _, s in states)}
+        console.print(", ".join(f"{state}: {n}" for state, n in counts.items()), highlight=False)
+        return
+    try:
+        report = sw.run_sweep(spec, launch_options=launch, fail_fast=fail_fast, wait=wait, console=console)
+    except KeyboardInterrupt:  # typer would swallow it (exit code 0 under standalone_mode=False)
+        err_console.print("aborted: the running cell and the sweep are marked KILLED; rerun to resume")
+        sys.exit(130)
+    for line in sw.summary_lines(report):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if report.failed or report.count("not run"):
+        sys.exit(1)  # not typer.Exit: app(standalone_mode=False) returns its code instead of exiting
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
+    k: Annotated[int | None, typer.Option("--k", help="only this k (default: every k, one section each)")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="only this backbone")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="md | html | csv (default: from --out, else md)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output file; a directory (no suffix): all formats")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="CSV of published numbers")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="acc | f1 (F1 where the task reports it)")] = "acc",
+    seeds: Annotated[list[str] | None,
+                     typer.Option("--seeds", help="expected seeds (default: the sweep's, else LM-BFF's)")] = None,
+) -> None:
+    """Aggregate MLflow runs: best dev per seed, mean ± std over seeds, FT vs. kernel; md, html or csv."""
+    import shlex
+
+    from leaderboard import LeaderboardError, build, render_board
+    from leaderboard.render import write_all
+
+    if metric not in ("acc", "f1"):
+        raise BenchError(f"--metric must be acc or f1, got '{metric}'")
+    to_dir = out is not None and fmt is None and (out.is_dir() or not out.suffix)
+    if fmt is None:
+        suffix = out.suffix.lower().lstrip(".") if out is not None and not to_dir else ""
+        fmt = {"markdown": "md", "htm": "html"}.get(suffix, suffix) or "md"
+    if fmt not in ("md", "html", "csv"):
+        raise BenchError(f"--format must be md, html or csv, got '{fmt}'")
+    try:
+        board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
+                      seeds=parse_seeds(seeds) if seeds else None, reference=reference)
+        board.command = "bench " + shlex.join(sys.argv[1:])
+        if to_dir:
+            assert out is not None
+            for path in write_all(board, out):
+                console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+            return
+        plots = out.parent / f"{out.stem}_plots" if out is not None and fmt == "md" else None
+        text = render_board(board, fmt, plots_dir=plots, plots_link=plots.name if plots else "")
+    except LeaderboardError as exc:
+        raise BenchError(str(exc)) from None
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out} ({len(board.agg)} groups from {len(board.runs)} runs)", highlight=False)
 
 
 if __name__ == "__main__":

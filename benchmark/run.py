@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,20 @@ def start_tracker(config: RunConfig, parent_run_id: str | None = None) -> Tracke
         tags=run_tags(config, task, method),
         parent_run_id=parent_run_id,
     )
+
+
+@contextmanager
+def build_context(config: RunConfig, tracker: Tracker | None = None) -> Iterator[RunContext]:
+    """A `RunContext` for ``config`` outside a tracked run (logging goes to ``tracker`` or nowhere)."""
+    from benchmark.data import load_splits
+    from benchmark.tracking import NullTracker
+
+    task = resolve_task(config)
+    splits = load_splits(task, k=config.k, seed=config.seed, data_dir=config.data_dir, test_cap=config.test_cap,
+                         cache_dir=config.resolved_cache_dir() / "splits")
+    with tempfile.TemporaryDirectory(prefix="kernel-bench-") as work:
+        yield RunContext(config=config, task=task, splits=splits, tracker=tracker or NullTracker(),
+                         device=resolve_device(config), work_dir=Path(work))
 
 
 def execute(

@@ -9,6 +9,15 @@ from registry import METHODS
 BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "zero-shot": ("benchmark.methods.baselines:ZeroShot", ()),
     "linear-probe": ("benchmark.methods.baselines:LinearProbe", ()),
+    "ft-adam": ("benchmark.methods.finetune:FtAdam", ("ft",)),
+    "ft-sgd": ("benchmark.methods.finetune:FtSgd", ()),
+    "lora-adam": ("benchmark.methods.finetune:LoraAdam", ("lora",)),
+    "lora-sgd": ("benchmark.methods.finetune:LoraSgd", ()),
+    "ntk-sgd": ("benchmark.methods.kernel:NtkSgd", ()),
+    "ntk-signgd": ("benchmark.methods.kernel:NtkSignGd", ()),
+    "ntk-adam": ("benchmark.methods.kernel:NtkAdam", ()),
+    "lora-ntk-sgd": ("benchmark.methods.kernel:LoraNtkSgd", ()),
+    "lora-ntk-adam": ("benchmark.methods.kernel:LoraNtkAdam", ()),
 }
 
 for _name, (_target, _aliases) in BUILTIN_METHODS.items():

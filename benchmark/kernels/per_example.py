@@ -1,0 +1,516 @@
+"""Per-example, per-logit gradients assembled from each layer's activations and output gradients.
+
+For a batch, one forward pass records, for every module that owns a selected parameter, its input
+(activation) and its output tensor. For each logit c, one reverse pass of ``logits[:, c].sum()``
+with respect to those outputs gives every example's output gradient at once (examples in a batch
+do not interact in eval mode). Each example's parameter gradient is then a small product of the
+two, the technique Opacus uses for per-sample gradients:
+
+* ``nn.Linear``: ``dW_b = sum_t go[b, t]^T a[b, t]`` (one batched matrix product), ``db_b = sum_t go[b, t]``;
+* ``nn.LayerNorm``: ``dw_b = sum_t go[b, t] * xhat[b, t]`` (``xhat``: the normalized input), ``db_b = sum_t go[b, t]``;
+* ``nn.Embedding``: row ``ids[b, t]`` of ``dE_b`` gets ``go[b, t]`` (padding_idx rows get nothing).
+
+A tensor used by several modules (tied weights) sums the contributions of its selected uses.
+
+Row-sparse tensors (the word-embedding matrix, the MLM decoder weight tied to it, the decoder
+bias) are never materialised densely: an example touches only the rows of its tokens and of the
+label words, so their gradients are kept as (row id, row vector) entries and contracted by
+joining on the row id.
+
+Parameters used outside these three module types (functional uses, custom modules) are found by
+a probe on the first batch (the sum of the per-example gradients must equal autograd's batch
+gradient) and computed by a plain per-example autograd loop instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.kernels.params import SelectedTensor
+from registry import BenchError
+
+logger = logging.getLogger(__name__)
+
+LINEAR, EMBEDDING, LAYER_NORM = "linear", "embedding", "layer_norm"
+#: A tensor with at least this many rows, used only as an embedding table or as the weight/bias of
+#: a Linear layer with that many outputs, is handled as row-sparse.
+SPARSE_MIN_ROWS = 8192
+
+Batch = Mapping[str, Any]
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """LINEAR / EMBEDDING / LAYER_NORM for stock modules whose per-example gradient we assemble."""
+    forward = type(module).forward
+    if isinstance(module, nn.Linear) and forward is nn.Linear.forward:
+        return LINEAR
+    if isinstance(module, nn.Embedding) and forward is nn.Embedding.forward and module.max_norm is None:
+        return None if module.scale_grad_by_freq else EMBEDDING
+    if isinstance(module, nn.LayerNorm) and forward is nn.LayerNorm.forward:
+        return LAYER_NORM
+    return None
+
+
+@dataclass(frozen=True)
+class Use:
+    """A selected registration in a supported module: which module, which kind, weight or bias."""
+
+    module: nn.Module
+    kind: str
+    role: str
+
+
+@dataclass
+class Slot:
+    """One selected parameter tensor and how its per-example gradient is produced."""
+
+    index: int
+    selected: SelectedTensor
+    uses: list[Use]
+    sparse: bool = False
+    fallback: bool = False
+    offset: int = 0  # first column in its group's dense layout (dense slots)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The parameter tensor."""
+        return self.selected.tensor
+
+    @property
+    def numel(self) -> int:
+        """Number of gradient entries."""
+        return self.selected.tensor.numel()
+
+    @property
+    def width(self) -> int:
+        """Entries per row (row-sparse slots): the embedding dimension, or 1 for a bias vector."""
+        shape = self.selected.tensor.shape
+        return 1 if len(shape) == 1 else math.prod(shape[1:])
+
+    @property
+    def name(self) -> str:
+        """Reported name."""
+        return self.selected.name
+
+
+def plan_slots(selection: list[SelectedTensor]) -> list[Slot]:
+    """Decide, per selected tensor, its supported uses and whether it is row-sparse or needs fallback."""
+    slots: list[Slot] = []
+    for index, sel in enumerate(selection):
+        uses: list[Use] = []
+        unsupported: list[str] = []
+        for reg in sel.selected:
+            kind = module_kind(reg.module)
+            ok = kind is not None and (reg.attr == "weight" or (reg.attr == "bias" and kind != EMBEDDING))
+            if ok:
+                uses.append(Use(reg.module, kind, reg.attr))  # type: ignore[arg-type]
+            else:
+                unsupported.append(f"{reg.name} ({type(reg.module).__name__})")
+        if unsupported and not sel.full and not uses:
+            raise BenchError(
+                f"parameter '{sel.name}' is shared by several modules and only some of its uses are selected, "
+                f"but the selected use {unsupported[0]} is not a Linear, Embedding or LayerNorm module, so its "
+                "gradient cannot be separated per use; select all uses of this parameter or none"
+            )
+        slot = Slot(index, sel, uses, fallback=not uses)
+        shape = sel.tensor.shape
+        if uses and len(shape) in (1, 2) and shape[0] >= SPARSE_MIN_ROWS:
+            slot.sparse = all(
+                (u.kind == EMBEDDING and u.role == "weight" and len(shape) == 2)
+                or (u.kind == LINEAR and u.module.out_features == shape[0])  # type: ignore[union-attr]
+                for u in uses
+            )
+        slots.append(slot)
+    return slots
+
+
+@dataclass
+class Call:
+    """One recorded call of a module: its (detached) input and its output."""
+
+    input: torch.Tensor
+    output: torch.Tensor
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Recorder:
+    """Forward hooks recording every call of the given modules.
+
+    An embedding looked up once for the whole batch and broadcast (BERT's position embeddings,
+    called with ``position_ids`` of shape ``[1, L]``) is expanded to the batch size by the hook,
+    so that its output gradient is still per example; the values the model sees are unchanged.
+    """
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.calls: dict[int, list[Call]] = {}
+        self.order: list[Call] = []
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        """Forward hook: record the call if its output takes part in autograd."""
+        if not isinstance(output, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        if not output.requires_grad:
+            return None
+        inp = args[0]
+        replaced = None
+        if isinstance(module, nn.Embedding) and inp.dim() >= 1 and inp.shape[0] == 1 and self.batch > 1:
+            inp = inp.expand(self.batch, *inp.shape[1:])
+            output = replaced = output.expand(self.batch, *output.shape[1:])
+        call = Call(inp.detach(), output)
+        self.calls.setdefault(id(module), []).append(call)
+        self.order.append(call)
+        return replaced
+
+    def outputs(self) -> list[torch.Tensor]:
+        """Recorded outputs, in call order."""
+        return [call.output for call in self.order]
+
+    def captured_bytes(self) -> int:
+        """Bytes of the recorded inputs and outputs (an activation-memory estimate)."""
+        seen: set[int] = set()
+        total = 0
+        for call in self.order:
+            for t in (call.input, call.output):
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+        return total
+
+
+@contextmanager
+def record(modules: Iterable[nn.Module], batch: int) -> Iterator[Recorder]:
+    """Record the calls of ``modules`` inside the block (a forward pass over ``batch`` examples)."""
+    recorder = Recorder(batch)
+    handles = []
+    seen: set[int] = set()
+    for module in modules:
+        if id(module) not in seen:
+            seen.add(id(module))
+            handles.append(module.register_forward_hook(recorder.hook))
+    try:
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def modules_of(slots: Iterable[Slot]) -> list[nn.Module]:
+    """Unique modules behind the uses of ``slots``."""
+    found: dict[int, nn.Module] = {}
+    for slot in slots:
+        for use in slot.uses:
+            found.setdefault(id(use.module), use.module)
+    return list(found.values())
+
+
+def _normalized(call: Call, module: nn.LayerNorm) -> torch.Tensor:
+    if "xhat" not in call.cache:
+        call.cache["xhat"] = F.layer_norm(call.input, module.normalized_shape, None, None, module.eps)
+    return call.cache["xhat"]
+
+
+def write_dense(use: Use, call: Call, grad_out: torch.Tensor, target: torch.Tensor, first: bool) -> None:
+    """Write (``first``) or add this call's per-example gradient into ``target`` ``[B, numel]``."""
+    batch = target.shape[0]
+    module = use.module
+    if use.kind == LINEAR:
+        out_features = module.out_features  # type: ignore[union-attr]
+        go = grad_out.reshape(batch, -1, out_features)
+        if use.role == "bias":
+            summed = go.sum(1)
+            target.copy_(summed) if first else target.add_(summed)
+            return
+        in_features = module.in_features  # type: ignore[union-attr]
+        act = call.input.reshape(batch, -1, in_features)
+        target.view(batch, out_features, in_features).baddbmm_(go.transpose(1, 2), act, beta=0.0 if first else 1.0)
+        return
+    if use.kind == LAYER_NORM:
+        size = math.prod(module.normalized_shape)  # type: ignore[union-attr]
+        go = grad_out.reshape(batch, -1, size)
+        if use.role == "bias":
+            summed = go.sum(1)
+        else:
+            summed = (go * _normalized(call, module).reshape(batch, -1, size)).sum(1)  # type: ignore[arg-type]
+        target.copy_(summed) if first else target.add_(summed)
+        return
+    # Embedding: scatter the output gradient of each position onto the row of its id.
+    if first:
+        target.zero_()
+    rows, ids, values = embedding_entries(module, call, grad_out, batch)  # type: ignore[arg-type]
+    num, dim = module.weight.shape  # type: ignore[union-attr]
+    target.view(batch, num, dim).index_put_((rows, ids), values, accumulate=True)
+
+
+def embedding_entries(
+    module: nn.Embedding, call: Call, grad_out: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(example index, row id, row gradient) for every looked-up position except padding_idx."""
+    dim = module.embedding_dim
+    ids = call.input.reshape(batch, -1)
+    values = grad_out.reshape(batch, -1, dim)
+    rows = torch.arange(batch, device=ids.device).unsqueeze(1).expand_as(ids)
+    if module.padding_idx is not None:
+        keep = ids != module.padding_idx
+        return rows[keep], ids[keep], values[keep]
+    return rows.reshape(-1), ids.reshape(-1), values.reshape(-1, dim)
+
+
+def sparse_entries(
+    use: Use, call: Call, grad_out: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(example index, row id, row gradient ``[n, width]``) of one use of a row-sparse tensor."""
+    module = use.module
+    if use.kind == EMBEDDING:
+        return embedding_entries(module, call, grad_out, batch)  # type: ignore[arg-type]
+    out_features = module.out_features  # type: ignore[union-attr]
+    go = grad_out.reshape(batch, -1, out_features)
+    cols = go.ne(0).any(dim=1).any(dim=0).nonzero().squeeze(1)
+    go = go.index_select(2, cols)
+    k = cols.numel()
+    rows = torch.arange(batch, device=go.device).repeat_interleave(k)
+    ids = cols.repeat(batch)
+    if use.role == "bias":
+        return rows, ids, go.sum(1).reshape(batch * k, 1)
+    act = call.input.reshape(batch, -1, module.in_features)  # type: ignore[union-attr]
+    values = torch.bmm(go.transpose(1, 2), act)  # [B, k, in]
+    return rows, ids, values.reshape(batch * k, -1)
+
+
+@dataclass
+class SparseRows:
+    """Aggregated row-sparse gradients: one entry per (row of the kernel side, table row id), sorted by id."""
+
+    ids: torch.Tensor  # [n] table row id
+    rows: torch.Tensor  # [n] kernel-side row (example-logit)
+    values: torch.Tensor  # [n, width]
+    signs: torch.Tensor | None = None
+
+    @staticmethod
+    def build(rows: torch.Tensor, ids: torch.Tensor, values: torch.Tensor, num_rows: int) -> SparseRows:
+        """Sum duplicate (row, id) entries and sort by id."""
+        if rows.numel() == 0:
+            return SparseRows(ids, rows, values)
+        key = ids * num_rows + rows
+        unique, inverse = torch.unique(key, sorted=True, return_inverse=True)
+        summed = values.new_zeros(unique.numel(), values.shape[1]).index_add_(0, inverse, values)
+        return SparseRows(unique // num_rows, unique % num_rows, summed)
+
+    @staticmethod
+    def concat(parts: list[SparseRows], num_rows: int) -> SparseRows:
+        """Merge parts (re-aggregating duplicates)."""
+        ids = torch.cat([p.ids for p in parts])
+        rows = torch.cat([p.rows for p in parts])
+        values = torch.cat([p.values for p in parts])
+        return SparseRows.build(rows, ids, values, num_rows)
+
+    def variant(self, sign: bool) -> torch.Tensor:
+        """The values, or their signs (cached)."""
+        if not sign:
+            return self.values
+        if self.signs is None:
+            self.signs = torch.sign(self.values)
+        return self.signs
+
+    def nbytes(self) -> int:
+        """Memory held."""
+        extra = self.signs.numel() * self.signs.element_size() if self.signs is not None else 0
+        return self.values.numel() * self.values.element_size() + extra + 16 * self.ids.numel()
+
+
+def sparse_join(
+    stored: SparseRows,
+    stream: SparseRows,
+    out: dict[tuple[bool, bool], torch.Tensor],
+    max_pairs: int,
+) -> None:
+    """``out[(s, t)][i, j] += sum_id <v_s(stored row i, id), v_t(stream row j, id)>`` (s, t: sign or not).
+
+    Pairs of entries with equal row id are enumerated (chunked to ``max_pairs`` pairs) and
+    their dot products scattered into the float64 blocks in ``out``.
+    """
+    if stored.ids.numel() == 0 or stream.ids.numel() == 0:
+        return
+    lo = torch.searchsorted(stored.ids, stream.ids)
+    hi = torch.searchsorted(stored.ids, stream.ids, right=True)
+    counts = hi - lo
+    hit = counts > 0
+    if not bool(hit.any()):
+        return
+    lo, counts = lo[hit], counts[hit]
+    stream_index = hit.nonzero().squeeze(1)
+    ends = torch.cumsum(counts, 0)
+    width = stored.values.shape[1]
+    step = max(1, max_pairs // max(1, width))
+    start_entry = 0
+    while start_entry < counts.numel():
+        base = int(ends[start_entry - 1]) if start_entry else 0
+        stop_entry = int(torch.searchsorted(ends, torch.tensor(base + step, device=ends.device), right=True))
+        stop_entry = max(stop_entry, start_entry + 1)
+        c = counts[start_entry:stop_entry]
+        owner = torch.repeat_interleave(torch.arange(c.numel(), device=c.device), c)
+        first = torch.cumsum(c, 0) - c
+        within = torch.arange(int(c.sum()), device=c.device) - first[owner]
+        stored_idx = lo[start_entry:stop_entry][owner] + within
+        stream_idx = stream_index[start_entry:stop_entry][owner]
+        out_rows = stored.rows[stored_idx]
+        out_cols = stream.rows[stream_idx]
+        for (s_sign, t_sign), block in out.items():
+            dots = (stored.variant(s_sign)[stored_idx] * stream.variant(t_sign)[stream_idx]).sum(1)
+            block.index_put_((out_rows, out_cols), dots.to(block.dtype), accumulate=True)
+        start_entry = stop_entry
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> dict[str, Any]:
+    """Examples ``start:stop`` of a batch (tensors with a leading batch dimension are sliced)."""
+    size = batch_size(batch)
+    return {
+        k: (v[start:stop] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v)
+        for k, v in batch.items()
+    }
+
+
+def batch_size(batch: Batch) -> int:
+    """Number of examples in a batch (leading dimension of ``input_ids`` or its first tensor)."""
+    tensor = batch.get("input_ids")
+    if not isinstance(tensor, torch.Tensor):
+        tensor = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    if tensor is None:
+        raise BenchError("a kernel batch must hold tensors (input_ids, attention_mask, ...)")
+    return int(tensor.shape[0])
+
+
+def _by_size(slots: list[Slot], limit: int) -> Iterator[list[Slot]]:
+    part: list[Slot] = []
+    used = 0
+    for slot in slots:
+        if part and used + slot.numel > limit:
+            yield part
+            part, used = [], 0
+        part.append(slot)
+        used += slot.numel
+    if part:
+        yield part
+
+
+def fallback_gradients(model: nn.Module, batch: Batch, slots: list[Slot], num_outputs: int) -> torch.Tensor:
+    """Per-example gradients of ``slots`` by a plain autograd loop: ``[C, B, sum numel]``."""
+    size = batch_size(batch)
+    tensors = [slot.tensor for slot in slots]
+    total = sum(slot.numel for slot in slots)
+    out = tensors[0].new_zeros(num_outputs, size, total)
+    for b in range(size):
+        logits = model(**slice_batch(batch, b, b + 1))
+        for c in range(num_outputs):
+            grads = torch.autograd.grad(logits[0, c], tensors, retain_graph=c < num_outputs - 1, allow_unused=True)
+            offset = 0
+            for slot, grad in zip(slots, grads, strict=True):
+                if grad is not None:
+                    out[c, b, offset : offset + slot.numel] = grad.reshape(-1)
+                offset += slot.numel
+    return out
+
+
+def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = True) -> tuple[list[Slot], int, int]:
+    """One forward pass on a small batch: (slots to compute by fallback, activation bytes per example, C).
+
+    A slot whose module calls do not carry the batch as leading dimension cannot be assembled per
+    example and always falls back. With ``check``, for every fully selected tensor the sum over
+    examples and logits of the assembled per-example gradients must also equal autograd's
+    gradient of the summed logits; a tensor with a use the hooks do not see (a functional call, an
+    in-place change of a module output, a custom module) fails and is computed by
+    `fallback_gradients` instead.
+    """
+    size = batch_size(batch)
+    with record(modules_of(slots), size) as rec:
+        logits = model(**batch)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise BenchError(f"the logit model must return logits [B, C], got {shape}")
+    num_outputs = int(logits.shape[1])
+    captured = rec.captured_bytes() // max(1, size)
+    failed: list[Slot] = [
+        slot
+        for slot in slots
+        if not slot.fallback
+        and any(
+            call.input.dim() == 0 or call.input.shape[0] != size or call.output.shape[0] != size
+            for use in slot.uses
+            for call in rec.calls.get(id(use.module), [])
+        )
+    ]
+    for slot in failed:
+        if not slot.selected.full:
+            raise BenchError(
+                f"parameter '{slot.name}' is used without a per-example batch dimension and only some of its "
+                "uses are selected; select all uses of this parameter or none"
+            )
+    checked = [s for s in slots if s.selected.full and not s.fallback and s not in failed] if check else []
+    if not checked:
+        return failed, captured, num_outputs
+    total = logits.sum()
+    outputs = rec.outputs()
+    grads = torch.autograd.grad(total, outputs, retain_graph=True, allow_unused=True) if outputs else ()
+    grad_of = {id(call.output): g for call, g in zip(rec.order, grads, strict=True)}
+    results: list[tuple[Slot, float, float]] = []
+    for part in _by_size(checked, 2**24):  # autograd's batch gradients, a few million entries at a time
+        auto = torch.autograd.grad(total, [s.tensor for s in part], retain_graph=True, allow_unused=True)
+        for slot, reference in zip(part, auto, strict=True):
+            assembled = torch.zeros_like(slot.tensor)
+            flat = assembled.reshape(-1)
+            for use in slot.uses:
+                for call in rec.calls.get(id(use.module), []):
+                    go = grad_of.get(id(call.output))
+                    if go is None:
+                        continue
+                    if slot.sparse:
+                        _, ids, values = sparse_entries(use, call, go, size)
+                        assembled.reshape(slot.tensor.shape[0], -1).index_add_(0, ids, values)
+                    else:
+                        per_example = slot.tensor.new_zeros(size, slot.numel)
+                        write_dense(use, call, go, per_example, first=True)
+                        flat += per_example.sum(0)
+            ref = reference if reference is not None else torch.zeros_like(slot.tensor)
+            err = float((assembled - ref).abs().max()) if ref.numel() else 0.0
+            results.append((slot, err, float(ref.abs().max()) if ref.numel() else 0.0))
+    scale = max((largest for _, _, largest in results), default=0.0)
+    for slot, err, largest in results:
+        if not math.isfinite(err) or err > 1e-3 * largest + 1e-5 * scale + 1e-30:
+            failed.append(slot)
+    return failed, captured, num_outputs
+    total = logits.sum()
+    auto = torch.autograd.grad(total, [s.tensor for s in checked], retain_graph=True, allow_unused=True)
+    outputs = rec.outputs()
+    grads = torch.autograd.grad(total, outputs, allow_unused=True) if outputs else ()
+    grad_of = {id(call.output): g for call, g in zip(rec.order, grads, strict=True)}
+    scale = max((float(a.abs().max()) for a in auto if a is not None and a.numel()), default=0.0)
+    for slot, reference in zip(checked, auto, strict=True):
+        assembled = torch.zeros_like(slot.tensor)
+        flat = assembled.reshape(-1)
+        for use in slot.uses:
+            for call in rec.calls.get(id(use.module), []):
+                go = grad_of.get(id(call.output))
+                if go is None:
+                    continue
+                if slot.sparse:
+                    _, ids, values = sparse_entries(use, call, go, size)
+                    assembled.reshape(slot.tensor.shape[0], -1).index_add_(0, ids, values)
+                else:
+                    per_example = slot.tensor.new_zeros(size, slot.numel)
+                    write_dense(use, call, go, per_example, first=True)
+                    flat += per_example.sum(0)
+        ref = reference if reference is not None else torch.zeros_like(slot.tensor)
+        err = float((assembled - ref).abs().max()) if ref.numel() else 0.0
+        tol = 1e-3 * float(ref.abs().max() if ref.numel() else 0.0) + 1e-5 * scale + 1e-30
+        if not math.isfinite(err) or err > tol:
+            failed.append(slot)
+    return failed, captured, num_outputs

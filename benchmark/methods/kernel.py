@@ -1,0 +1,316 @@
+"""Kernel analogs of fine-tuning: eNTK at the pre-trained weights + a kernel solver chosen on dev.
+
+``ntk-sgd`` (K_SGD), ``ntk-signgd`` (K_SignGD) and ``ntk-adam`` (K_A-SignGD, the Adam analog, solved
+with the asymmetric LS-SVM); ``lora-ntk-sgd`` / ``lora-ntk-adam`` differentiate only the LoRA adapters
+(at their initialisation). Binary tasks use the single logit-difference output by default, as the
+reference does. Multi-class A-SignGD is solved one-vs-rest over the C logits (see
+`benchmark.kernels.solvers`). Kernels are cached on disk per (backbone, task, k, seed, prompt,
+formula, parameters, inputs) and reused across solver hyper-parameters and runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from benchmark.kernels import (
+    KernelCache,
+    KernelSplit,
+    empirical_ntks,
+    get_solver,
+    select_hyperparameters,
+    select_parameters,
+)
+from benchmark.kernels.cache import kernel_config, load_reference_kernels, reference_kernel_path
+from benchmark.kernels.memory import PeakMemory
+from benchmark.kernels.ntk import initial_logits
+from benchmark.kernels.params import params_predicate
+from benchmark.methods.base import Method, MethodOptions, RunContext, RunResult
+from benchmark.metrics import split_metrics
+from benchmark.pipeline import Prepared, prepare, to_device, use_binary
+from registry import BenchError, register_method
+
+SPLITS = ("train", "dev", "test")
+
+
+class KernelOptions(MethodOptions):
+    """Options shared by the kernel methods (``--opt key=value``)."""
+
+    solver: str | None = Field(default=None, description="lstsq | logistic | svr | svc | asym (default: by formula)")
+    params: str | list[str] = Field(
+        default="all", description="parameters in the kernel: all, no-embeddings, no-head, biases, lora, lora+head"
+    )
+    strategy: Literal["fast", "reference"] = "fast"
+    memory_budget: str | None = Field(default=None, description="peak extra memory, e.g. '4GiB' (default: auto)")
+    f0: bool = Field(default=True, description="also try the initial-logit correction (f0 scaling) on dev")
+    grid: list[dict[str, Any]] | None = Field(default=None, description="solver hyper-parameter grid (None: built-in)")
+    save_kernels: bool = Field(default=False, description="log the kernels as an MLflow artifact")
+    load_kernels: Path | None = Field(default=None, description="folder of reference {split}_kernels_<task>.pt files")
+    kernel_batch_size: int = Field(default=16, ge=1, description="examples per forward/backward pass")
+    init_head: Literal["linear-probe", "random"] = Field(
+        default="linear-probe", description="[CLS] head init for --template none (the reference uses the probe)"
+    )
+
+
+class LoraKernelOptions(KernelOptions):
+    """Kernel options plus the LoRA adapters whose gradients span the kernel."""
+
+    params: str | list[str] = "lora"
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+
+def _inputs_digest(prepared: Prepared) -> str:
+    """A hash of every encoded input, so a cache entry can never serve other data or prompts."""
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        split = prepared.encoded[name]
+        for inputs, labels in split.batches(256):
+            for key in sorted(inputs):
+                digest.update(key.encode())
+                digest.update(inputs[key].numpy().tobytes())
+            digest.update(labels.numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _batches(prepared: Prepared, name: str, batch_size: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [to_device(inputs, device) for inputs, _ in prepared.encoded[name].batches(batch_size)]
+
+
+class KernelMethod(Method):
+    """Shared flow: prepare the logit model, compute (or load) kernels, select a solver on dev."""
+
+    family = "kernel"
+    formula: ClassVar[str]
+    lora: ClassVar[bool] = False
+    Options = KernelOptions
+
+    def __init__(self, options: MethodOptions) -> None:
+        super().__init__(options)
+        # Unknown solvers and parameter presets fail before any kernel is computed.
+        get_solver(self.solver_name)
+        params_predicate(options.params)  # type: ignore[attr-defined]
+
+    @property
+    def solver_name(self) -> str:
+        """The solver: the option, else ``asym`` for A-SignGD and least squares otherwise (the reference's)."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        return options.solver or ("asym" if self.formula == "asym" else "lstsq")
+
+    def prepare_model(self, ctx: RunContext) -> Prepared:
+        """The logit model at the pre-trained weights (LoRA adapters added if this is a LoRA kernel)."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        adapt = None
+        if self.lora:
+            from benchmark.methods.finetune import lora_adapter
+
+            adapt = lora_adapter(options, seed=ctx.config.seed)  # type: ignore[arg-type]
+        prepared = prepare(ctx, binary=use_binary(ctx, default=True), adapt_mlm=adapt)
+        if not prepared.encoder.prompt_based and options.init_head == "linear-probe":
+            from benchmark.methods.finetune import init_head_from_probe
+
+            init_head_from_probe(prepared.model, prepared, ctx, c=1.0)
+        return prepared
+
+    def cache_config(self, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
+        """Everything the kernels depend on."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        extra: dict[str, Any] = {
+            "binary": prepared.num_outputs == 1,
+            "inputs": _inputs_digest(prepared),
+            "dtype": str(next(prepared.model.parameters()).dtype),
+            "init_head": None if prepared.encoder.prompt_based else options.init_head,
+        }
+        if isinstance(options, LoraKernelOptions):
+            extra["lora"] = [options.lora_r, options.lora_alpha, sorted(options.lora_targets)]
+        return kernel_config(
+            backbone=ctx.config.backbone, task=ctx.task.name, k=ctx.config.k, seed=ctx.config.seed,
+            template=ctx.config.template, formula=self.formula, params=options.params, **extra,
+        )
+
+    def compute_kernels(self, ctx: RunContext, prepared: Prepared) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Kernels (train x train, train x dev, train x test, flips for asym) and initial logits, cached.
+
+        Returns the tensors and facts to log (parameter count, seconds, peak memory, cache hit).
+        """
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        model, device = prepared.model, ctx.device
+        selected = select_parameters(model, options.params)
+        n_params = sum(t.tensor.numel() for t in selected)
+        batches = {name: _batches(prepared, name, options.kernel_batch_size, device) for name in SPLITS}
+        n = {name: len(prepared.encoded[name]) for name in SPLITS}
+        c = prepared.num_outputs
+        expected = {f"{name}_kernel": (n["train"], c, n[name], c) for name in SPLITS}
+        if self.formula == "asym":
+            expected.update({f"{name}_flipped": (n["train"], c, n[name], c) for name in SPLITS})
+        expected.update({f"{name}_logits": (n[name], c) for name in SPLITS})
+        facts: dict[str, Any] = {"kernel_params": n_params, "kernel_cache_hit": 1.0}
+        stats: dict[str, Any] = {}
+
+        def compute() -> dict[str, torch.Tensor]:
+            facts["kernel_cache_hit"] = 0.0
+            start = time.perf_counter()
+            with PeakMemory(device) as peak:
+                kernels = empirical_ntks(
+                    model, batches["train"], {"train": None, "dev": batches["dev"], "test": batches["test"]},
+                    formulas=[self.formula], params=options.params, strategy=options.strategy,
+                    memory_budget=options.memory_budget, stats=stats,
+                )
+            facts["kernel_seconds"] = time.perf_counter() - start
+            facts["kernel_peak_memory_mb"] = peak.peak_bytes / 2**20
+            tensors: dict[str, torch.Tensor] = {}
+            for name in SPLITS:
+                value = kernels[name][self.formula]
+                if self.formula == "asym":
+                    tensors[f"{name}_kernel"], tensors[f"{name}_flipped"] = value.kernel, value.flipped
+                else:
+                    tensors[f"{name}_kernel"] = value
+                tensors[f"{name}_logits"] = initial_logits(model, batches[name])
+            return tensors
+
+        cache = KernelCache(ctx.config.resolved_cache_dir() / "kernels")
+        config = self.cache_config(ctx, prepared)
+        tensors = cache.get_or_compute(config, compute, expected)
+        facts["kernel_cache_file"] = str(cache.path(config))
+        return tensors, facts
+
+    def load_reference(self, ctx: RunContext, prepared: Prepared, directory: Path) -> dict[str, torch.Tensor]:
+        """The reference's pre-computed kernels, validated against this run's splits."""
+        tensors: dict[str, torch.Tensor] = {}
+        n_train = len(prepared.encoded["train"])
+        names = {ctx.task.local.dir if ctx.task.local else ctx.task.name, ctx.task.name}
+        for split in SPLITS:
+            path = next((reference_kernel_path(directory, split, t) for t in names
+                         if reference_kernel_path(directory, split, t).is_file()), None)
+            if path is None:
+                raise BenchError(f"no reference kernel file for split '{split}' of task '{ctx.task.name}' in "
+                                 f"{directory} (expected {split}_kernels_<task>.pt)")
+            ref = load_reference_kernels(path, formula=self.formula, n_train=n_train,
+                                         n_examples=len(prepared.encoded[split]), num_outputs=prepared.num_outputs)
+            if not torch.equal(ref.labels, prepared.encoded[split].labels):
+                raise BenchError(f"the labels in {path} do not match this run's {split} split: the kernel was "
+                                 "computed for another task, k or seed")
+            tensors[f"{split}_kernel"] = ref.kernel
+            if ref.flipped is not None:
+                tensors[f"{split}_flipped"] = ref.flipped
+        return tensors
+
+    def run(self, ctx: RunContext) -> RunResult:
+        """Compute or load the kernels, choose solver hyper-parameters on dev, report dev and test."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        prepared = self.prepare_model(ctx)
+        if options.load_kernels is not None:
+            tensors, facts = self.load_reference(ctx, prepared, options.load_kernels), {"kernel_source": "reference"}
+        else:
+            tensors, facts = self.compute_kernels(ctx, prepared)
+        use_f0 = options.f0 and "train_logits" in tensors
+
+        def split_of(name: str) -> KernelSplit:
+            return KernelSplit(
+                kernel=tensors[f"{name}_kernel"],
+                flipped=tensors.get(f"{name}_flipped"),
+                logits=tensors[f"{name}_logits"] if use_f0 else None,
+            )
+
+        labels = {name: prepared.encoded[name].labels for name in SPLITS}
+        selection = select_hyperparameters(
+            self.solver_name, split_of("train"), labels["train"], split_of("dev"), labels["dev"], grid=options.grid
+        )
+        for i, (_, score) in enumerate(selection.scores):
+            ctx.tracker.log_metrics({"solver_grid_dev_acc": score if score > float("-inf") else -1.0}, step=i)
+        metrics: dict[str, float] = {}
+        predictions: dict[str, list[int]] = {}
+        for name in ("dev", "test"):
+            predicted = selection.solver.predict(split_of(name))
+            metrics.update(split_metrics(name, predicted, labels[name], report_f1=ctx.task.report_f1))
+            predictions[name] = predicted.tolist()
+        for key in ("kernel_seconds", "kernel_peak_memory_mb", "kernel_cache_hit"):
+            if key in facts:
+                metrics[key] = float(facts[key])
+        params = {
+            "solver": self.solver_name,
+            "formula": self.formula,
+            "kernel_params": facts.get("kernel_params", "reference"),
+            **{f"solver.{k}": v for k, v in selection.hyperparameters.items()},
+        }
+        artifacts = []
+        if options.save_kernels and "kernel_cache_file" in facts:
+            artifacts.append(Path(facts["kernel_cache_file"]))
+        return RunResult(metrics=metrics, predictions=predictions, params=params, artifacts=artifacts)
+
+
+def export_kernels(method: KernelMethod, ctx: RunContext, out_dir: Path) -> list[Path]:
+    """Compute (or reuse) the kernels of ``ctx`` and write them in the reference's file layout.
+
+    ``<out_dir>/{train,dev,test}_kernels_<task>.pt`` each hold ``(kernel, labels)`` with the kernel
+    ``[N_train, C, N_x, C]`` (for A-SignGD the stack ``[2, ...]`` of the kernel and its flip), so
+    that ``bench run --load-kernels out_dir`` (and the reference's own loaders) read them back.
+    """
+    prepared = method.prepare_model(ctx)
+    tensors, _ = method.compute_kernels(ctx, prepared)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split in SPLITS:
+        kernel = tensors[f"{split}_kernel"]
+        if f"{split}_flipped" in tensors:
+            kernel = torch.stack([kernel, tensors[f"{split}_flipped"]])
+        path = reference_kernel_path(out_dir, split, ctx.task.name)
+        torch.save((kernel, prepared.encoded[split].labels.clone()), path)
+        paths.append(path)
+    return paths
+
+
+@register_method("ntk-sgd")
+class NtkSgd(KernelMethod):
+    """The SGD kernel K(x, x') = <g(x), g(x')>."""
+
+    name = "ntk-sgd"
+    summary = "eNTK of SGD, <grad f(x), grad f(x')>, + kernel solver (lstsq)"
+    formula = "sgd"
+
+
+@register_method("ntk-signgd")
+class NtkSignGd(KernelMethod):
+    """The SignGD kernel <sign g(x), sign g(x')>."""
+
+    name = "ntk-signgd"
+    summary = "SignGD kernel, <sign grad f(x), sign grad f(x')>, + kernel solver (lstsq)"
+    formula = "signgd"
+
+
+@register_method("ntk-adam")
+class NtkAdam(KernelMethod):
+    """The A-SignGD kernel <sign g(x_train), g(x)>, the kernel analog of Adam, with the asymmetric LS-SVM."""
+
+    name = "ntk-adam"
+    summary = "A-SignGD kernel (Adam analog), <sign grad f(x_i), grad f(x)>, + asymmetric LS-SVM"
+    formula = "asym"
+
+
+@register_method("lora-ntk-sgd")
+class LoraNtkSgd(KernelMethod):
+    """The SGD kernel over the LoRA adapters only, at their initialisation."""
+
+    name = "lora-ntk-sgd"
+    summary = "SGD kernel over LoRA adapter parameters (peft), + lstsq"
+    formula = "sgd"
+    lora = True
+    Options = LoraKernelOptions
+
+
+@register_method("lora-ntk-adam")
+class LoraNtkAdam(KernelMethod):
+    """The A-SignGD kernel over the LoRA adapters only, at their initialisation."""
+
+    name = "lora-ntk-adam"
+    summary = "A-SignGD kernel over LoRA adapter parameters (peft), + asymmetric LS-SVM"
+    formula = "asym"
+    lora = True
+    Options = LoraKernelOptions

@@ -1,0 +1,177 @@
+"""Read runs from an MLflow tracking store into a pandas DataFrame (one row per run).
+
+This module talks to MLflow only; it never imports the engine. A run belongs to the leaderboard
+when it carries the cell tags the engine writes (``task``, ``method``, ``backbone``, ``k``, ``seed``,
+``template``, ``config_hash``); sweep parent runs and anything else in the experiment are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CELL_TAGS = ("task", "method", "method_family", "backbone", "k", "seed", "template", "config_hash")
+"""Tags that identify a run's cell (written by ``benchmark.run.run_tags``)."""
+
+SWEEP_SEEDS_TAG = "sweep_seeds"
+"""Tag on a sweep's parent run: the comma-separated seeds the sweep asked for."""
+
+DEFAULT_STORE = Path("mlruns") / "mlflow.db"
+
+
+class LeaderboardError(Exception):
+    """A problem the user can fix (unreachable store, unknown experiment, bad reference file)."""
+
+
+def resolve_uri(tracking_uri: str | None) -> str:
+    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the engine's default ``./mlruns/mlflow.db``."""
+    if tracking_uri:
+        return tracking_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    path = urllib.parse.urlparse(uri).path
+    # sqlite:///relative.db -> path '/relative.db'; sqlite:////abs.db -> '//abs.db'
+    if uri.startswith("sqlite:////"):
+        return Path(path[1:]) if path.startswith("//") else Path(path)
+    return Path(path.lstrip("/")) if path else None
+
+
+def _probe_http(uri: str, timeout: float) -> None:
+    parsed = urllib.parse.urlparse(uri)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", parsed.port or
+                                       (443 if parsed.scheme == "https" else 80)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise LeaderboardError(f"cannot reach the MLflow tracking server at {uri}: {exc.strerror or exc}") from None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # reachable; some proxies have no /health
+    except (urllib.error.URLError, OSError) as exc:
+        raise LeaderboardError(f"cannot reach the MLflow tracking server at {uri}: {exc}") from None
+
+
+def connect(tracking_uri: str | None, *, timeout: float = 5.0) -> Any:
+    """An ``MlflowClient`` for an existing, reachable store; `LeaderboardError` otherwise.
+
+    A SQLite store must already exist (reading never creates an empty one); an HTTP server must
+    answer within ``timeout`` seconds (MLflow's own client would retry for minutes).
+    """
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = resolve_uri(tracking_uri)
+    sqlite = _sqlite_path(uri)
+    if sqlite is not None and not sqlite.is_file():
+        raise LeaderboardError(f"no MLflow tracking store at {uri} (file {sqlite} does not exist); "
+                               "pass --tracking-uri of the store the runs were logged to")
+    if uri.startswith(("http://", "https://")):
+        _probe_http(uri, timeout)
+    elif uri.startswith("file:") or "://" not in uri:
+        local = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri)
+        if not local.is_dir():
+            raise LeaderboardError(f"no MLflow tracking store at {uri} (directory {local} does not exist)")
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types for a bad store
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LeaderboardError(f"cannot read MLflow tracking store {uri}: {first}") from None
+    return client
+
+
+def find_experiment(client: Any, experiment: str) -> Any:
+    """The experiment named ``experiment``; `LeaderboardError` listing the existing ones if absent."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        known = ", ".join(names) if names else "none"
+        raise LeaderboardError(f"experiment '{experiment}' does not exist in {client.tracking_uri} "
+                               f"(experiments: {known}); pass --experiment NAME")
+    return found
+
+
+def _search_all(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def runs_frame(runs: list[Any], parents: dict[str, Any] | None = None) -> pd.DataFrame:
+    """MLflow ``Run`` objects as a DataFrame: cell tags, status, times, metrics, ``opt.*`` params.
+
+    Runs without the cell tags (sweep parents, foreign runs) are dropped; ``k`` and ``seed`` are
+    integers; ``sweep_seeds`` holds the parent sweep's seeds when the run is nested in a sweep.
+    """
+    parents = parents or {}
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        tags = run.data.tags
+        if not all(tags.get(name) for name in ("task", "method", "k", "seed")):
+            continue
+        try:
+            k, seed = int(tags["k"]), int(tags["seed"])
+        except ValueError:
+            continue
+        parent_id = tags.get("mlflow.parentRunId")
+        parent = parents.get(parent_id) if parent_id else None
+        row: dict[str, Any] = {name: tags.get(name, "") for name in CELL_TAGS}
+        row.update(
+            k=k,
+            seed=seed,
+            template=tags.get("template") or "default",
+            run_id=run.info.run_id,
+            run_name=tags.get("mlflow.runName", ""),
+            status=run.info.status,
+            start_time=run.info.start_time,
+            end_time=run.info.end_time,
+            parent_run_id=parent_id or "",
+            sweep_seeds=parent.data.tags.get(SWEEP_SEEDS_TAG, "") if parent is not None else "",
+        )
+        row.update({f"opt.{key[4:]}" if key.startswith("opt.") else key: value
+                    for key, value in run.data.params.items() if key.startswith(("opt.", "result."))})
+        row.update(run.data.metrics)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=[*CELL_TAGS, "run_id", "status", "start_time", "end_time"])
+    return frame
+
+
+def collect_runs(tracking_uri: str | None = None, experiment: str = "kernel-bench", *,
+                 status: str | None = "FINISHED") -> pd.DataFrame:
+    """All cell runs of ``experiment`` (only those with ``status``; None = any) as a DataFrame.
+
+    Raises `LeaderboardError` when the store cannot be read or the experiment does not exist.
+    """
+    client = connect(tracking_uri)
+    found = find_experiment(client, experiment)
+    filter_string = f"attributes.status = '{status}'" if status else ""
+    runs = _search_all(client, [found.experiment_id], filter_string)
+    parent_ids = {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}
+    parents: dict[str, Any] = {}
+    if parent_ids:
+        for parent in _search_all(client, [found.experiment_id], "tags.run_kind = 'sweep'"):
+            if parent.info.run_id in parent_ids:
+                parents[parent.info.run_id] = parent
+    return runs_frame(runs, parents)

@@ -1,0 +1,257 @@
+"""The DeepSpeed runner: validate, create the MLflow run, start the DeepSpeed launcher on `runners.worker`.
+
+The parent process never trains. It checks the launch (config file, devices, hostfile) before
+anything is logged, creates the run with `benchmark.run.start_tracker`, starts
+``python -m deepspeed.launcher.runner ... --module runners.worker`` with the run config and the
+DeepSpeed config inline (base64 JSON, so remote nodes need no shared temp files), streams the
+workers' output line by line, and closes the run: FINISHED on exit code 0, else FAILED with a
+`BenchError`. Rank 0 logs into that run; the other ranks log nothing.
+
+Without CUDA (or with ``DS_ACCELERATOR=cpu``) the workers are CPU processes talking over gloo:
+``--num-gpus N`` then means N processes, at most one per CPU core.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import RunConfig
+from benchmark.methods.base import RunResult
+from benchmark.run import RunOutcome, resolve_method, start_tracker
+from benchmark.tracking import Tracker, default_tracking_uri
+from benchmark.training import TrainingOptions, check_global_batch
+from registry import BenchError
+from runners import LaunchOptions
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = "zero2"
+
+
+def bundled_configs() -> list[str]:
+    """Names of the DeepSpeed configs shipped in ``runners/configs``."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
+
+
+def resolve_config_path(path: Path | None) -> Path:
+    """The config file for ``--deepspeed-config``: a path, a bundled name (``zero1``), or the default."""
+    if path is None:
+        return CONFIG_DIR / f"{DEFAULT_CONFIG}.json"
+    if Path(path).expanduser().exists():
+        return Path(path).expanduser()
+    if str(path) in bundled_configs():
+        return CONFIG_DIR / f"{path}.json"
+    raise BenchError(
+        f"DeepSpeed config '{path}' does not exist; pass a JSON file or one of {', '.join(bundled_configs())}"
+    )
+
+
+def load_deepspeed_config(path: Path | None) -> dict[str, Any]:
+    """Read and check a DeepSpeed JSON config (must parse, must be an object)."""
+    resolved = resolve_config_path(path)
+    try:
+        config = json.loads(resolved.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"DeepSpeed config '{resolved}' is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read DeepSpeed config '{resolved}': {exc.strerror}") from None
+    if not isinstance(config, dict):
+        raise BenchError(f"DeepSpeed config '{resolved}' must be a JSON object, got {type(config).__name__}")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict) or not isinstance(zero.get("stage", 0), int):
+        raise BenchError(f"DeepSpeed config '{resolved}': 'zero_optimization' must be an object with an integer stage")
+    return config
+
+
+def cpu_mode() -> bool:
+    """True when the workers run on CPUs (``DS_ACCELERATOR=cpu``, or no CUDA device)."""
+    import torch
+
+    return os.environ.get("DS_ACCELERATOR") == "cpu" or not torch.cuda.is_available()
+
+
+def apply_precision(config: dict[str, Any], precision: str, *, on_cpu: bool) -> dict[str, Any]:
+    """``config`` with ``bf16`` / ``fp16`` enabled for ``--precision``; both need GPUs."""
+    if precision == "fp32":
+        return config
+    if on_cpu:
+        raise BenchError(f"--precision {precision} needs CUDA GPUs; on CPU the DeepSpeed runner trains in fp32")
+    other = "fp16" if precision == "bf16" else "bf16"
+    if config.get(other, {}).get("enabled"):
+        raise BenchError(f"--precision {precision} conflicts with '{other}' enabled in the DeepSpeed config")
+    return {**config, precision: {**config.get(precision, {}), "enabled": True}}
+
+
+def parse_hostfile(path: Path) -> dict[str, int]:
+    """``{host: slots}`` from a DeepSpeed hostfile (``hostname slots=N`` per line, ``#`` comments)."""
+    if not path.is_file():
+        raise BenchError(f"hostfile '{path}' does not exist")
+    hosts: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].startswith("slots=") or not parts[1][6:].isdigit():
+            raise BenchError(f"hostfile '{path}' line {number}: expected 'hostname slots=N', got '{raw.strip()}'")
+        hosts[parts[0]] = int(parts[1][6:])
+    if not hosts:
+        raise BenchError(f"hostfile '{path}' lists no hosts")
+    return hosts
+
+
+def processes_per_node(options: LaunchOptions, *, on_cpu: bool) -> int:
+    """``--num-gpus`` checked against what this node (or the hostfile) offers."""
+    if options.hostfile is not None:
+        hosts = parse_hostfile(options.hostfile)
+        if options.num_nodes > len(hosts):
+            raise BenchError(f"--num-nodes {options.num_nodes} but the hostfile lists {len(hosts)} host(s)")
+        slots = min(list(hosts.values())[: options.num_nodes])
+        where = f"the hostfile's hosts have {slots} slot(s)"
+    else:
+        if options.num_nodes > 1:
+            raise BenchError(f"--num-nodes {options.num_nodes} needs --hostfile listing the nodes")
+        if on_cpu:
+            slots, where = os.cpu_count() or 1, f"this machine has {os.cpu_count()} CPU core(s) (DS_ACCELERATOR=cpu)"
+        else:
+            import torch
+
+            slots, where = torch.cuda.device_count(), f"{torch.cuda.device_count()} CUDA device(s) are visible"
+    wanted = options.num_gpus or (1 if on_cpu else slots)
+    if wanted > slots:
+        raise BenchError(f"--num-gpus {wanted} is more than available: {where}")
+    return wanted
+
+
+def check_method_options(config: RunConfig, world_size: int) -> None:
+    """Reject, before anything starts, a training batch size (or grid value) that ranks cannot split."""
+    options = resolve_method(config).options
+    if isinstance(options, TrainingOptions):
+        points = options.grid_points() if hasattr(options, "grid_points") else [options]
+        for point in points:
+            check_global_batch(point.batch_size, world_size)
+
+
+def free_port() -> int:
+    """An unused TCP port on this host."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def encode(obj: Any) -> str:
+    """JSON, then URL-safe base64 (a single command-line word)."""
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode()
+
+
+def decode(text: str) -> Any:
+    """Inverse of `encode`."""
+    return json.loads(base64.urlsafe_b64decode(text.encode()).decode())
+
+
+def launcher_command(
+    options: LaunchOptions, *, num_gpus: int, port: int, worker_args: list[str]
+) -> list[str]:
+    """The DeepSpeed launcher command line that starts `runners.worker` on every rank."""
+    command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus),
+               "--master_port", str(port), "--log_level", "warning"]
+    if options.hostfile is not None:
+        command += ["--hostfile", str(options.hostfile), "--num_nodes", str(options.num_nodes)]
+    return [*command, "--module", "runners.worker", *worker_args]
+
+
+def stream(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command``, copying its output (stdout and stderr) line by line to ours; returns its exit code.
+
+    On Ctrl-C the launcher's process group is interrupted, then terminated, and the interrupt re-raised.
+    """
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+        bufsize=1, env=env, start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        return process.wait()
+    except KeyboardInterrupt:
+        _stop(process)
+        raise
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
+    """Run ``config`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
+    on_cpu = cpu_mode()
+    ds_config = apply_precision(load_deepspeed_config(options.deepspeed_config), options.precision, on_cpu=on_cpu)
+    num_gpus = processes_per_node(options, on_cpu=on_cpu)
+    check_method_options(config, num_gpus * options.num_nodes)
+    config = config.model_copy(update={
+        "tracking_uri": config.tracking_uri or default_tracking_uri(),
+        "device": "cpu" if on_cpu else config.device,
+    })
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if on_cpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    tracker = start_tracker(config)
+    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * options.num_nodes,
+                      "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0)})
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", tracker.run_id,
+                       "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
+        command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
+                                   worker_args=worker_args)
+        try:
+            code = stream(command, env)
+        except KeyboardInterrupt:
+            tracker.finish("KILLED")
+            raise
+        except BaseException as exc:
+            _fail(tracker, f"{type(exc).__name__}: {exc}")
+            raise
+        reported = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if code != 0 or "error" in reported:
+        message = reported.get("error") or f"the DeepSpeed workers failed with exit code {code}; see their output above"
+        _fail(tracker, message)
+        raise BenchError(message)
+    tracker.finish("FINISHED")
+    result = _result_from(reported, tracker)
+    return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
+
+
+def _fail(tracker: Tracker, message: str) -> None:
+    tracker.set_tags({"error": message[:5000]})
+    tracker.finish("FAILED")
+
+
+def _result_from(reported: dict[str, Any], tracker: Tracker) -> RunResult:
+    """The method's result as rank 0 reported it; without a report (rank 0 on another node), from MLflow."""
+    if "metrics" in reported:
+        return RunResult(metrics=reported["metrics"], predictions=reported.get("predictions", {}),
+                         params=reported.get("params", {}))
+    metrics = tracker.client.get_run(tracker.run_id).data.metrics
+    return RunResult(metrics={k: v for k, v in metrics.items() if "/" not in k and k != "wall_seconds"})

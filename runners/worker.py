@@ -1,0 +1,87 @@
+"""The DeepSpeed worker: one process per rank, started by the DeepSpeed launcher (``--module runners.worker``).
+
+It joins the process group, attaches rank 0 to the parent's MLflow run (other ranks log
+nothing), runs `benchmark.run.execute` with its rank and world size, and leaves closing the run
+to the parent. Rank 0 writes the method's result (or the error) to ``--result`` for the parent.
+Exit codes: 0 done, 2 user error (`BenchError`), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import RunConfig
+from registry import BenchError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The worker's arguments (the launcher appends ``--local_rank``)."""
+    parser = argparse.ArgumentParser(prog="runners.worker", description=__doc__)
+    parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")))
+    parser.add_argument("--config", required=True, help="the RunConfig as base64 JSON")
+    parser.add_argument("--run-id", required=True, help="the MLflow run rank 0 logs into")
+    parser.add_argument("--deepspeed-config", required=True, help="the DeepSpeed config as base64 JSON")
+    parser.add_argument("--result", type=Path, default=None, help="where rank 0 writes the result JSON")
+    return parser.parse_args(argv)
+
+
+def _write(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, default=str))
+        tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run this rank's share of the run; returns the process exit code."""
+    from runners.deepspeed import decode
+
+    args = parse_args(argv)
+    config = RunConfig.model_validate(decode(args.config))
+    ds_config = decode(args.deepspeed_config)
+
+    import deepspeed
+    import torch
+
+    on_cpu = config.device == "cpu" or not torch.cuda.is_available()
+    if not on_cpu:
+        torch.cuda.set_device(args.local_rank)
+    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else None)
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    from benchmark.run import execute
+    from benchmark.tracking import NullTracker, Tracker
+
+    tracker = Tracker.attach(tracking_uri=config.tracking_uri, run_id=args.run_id) if rank == 0 else NullTracker()
+    code = 0
+    try:
+        outcome = execute(config, tracker=tracker, finish=False, launcher="deepspeed", deepspeed_config=ds_config,
+                          rank=rank, world_size=world_size)
+        if rank == 0:
+            result = outcome.result
+            _write(args.result, {"metrics": result.metrics, "predictions": result.predictions,
+                                 "params": result.params, "seconds": outcome.seconds})
+    except BenchError as exc:
+        print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
+        if rank == 0:
+            _write(args.result, {"error": str(exc)})
+        code = 2
+    except Exception as exc:
+        traceback.print_exc()
+        if rank == 0:
+            _write(args.result, {"error": f"worker rank {rank} failed: {type(exc).__name__}: {exc}"})
+        code = 1
+    finally:
+        if torch.distributed.is_initialized() and code == 0:
+            torch.distributed.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
