@@ -114,3 +114,12 @@ def test_lora_kernel_counts_only_adapters(ws, monkeypatch, capsys) -> None:
     (run,) = _runs(ws)
     # 2 layers x (query, value) x (A: r x 32 + B: 32 x r) with r = 2
     assert int(run.data.params["result.kernel_params"]) == 2 * 2 * (2 * 32 + 32 * 2)
+
+
+def test_sibling_formulas_reuse_one_gradient_pass(ws, monkeypatch, capsys) -> None:
+    for method in ("ntk-signgd", "ntk-sgd", "ntk-adam"):
+        code, _, err = invoke(_args(ws, "mr", method), monkeypatch, capsys)
+        assert code == 0, err
+    runs = _runs(ws)
+    assert [r.data.params["result.formula"] for r in runs] == ["signgd", "sgd", "asym"]
+    assert [r.data.metrics["kernel_cache_hit"] for r in runs] == [0.0, 1.0, 1.0]

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from benchmark.kernels import (
+    FORMULAS,
     KernelCache,
     KernelSplit,
     empirical_ntks,
@@ -119,8 +120,8 @@ class KernelMethod(Method):
             init_head_from_probe(prepared.model, prepared, ctx, c=1.0)
         return prepared
 
-    def cache_config(self, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
-        """Everything the kernels depend on."""
+    def cache_config(self, ctx: RunContext, prepared: Prepared, formula: str) -> dict[str, Any]:
+        """Everything the kernels of ``formula`` depend on."""
         options: KernelOptions = self.options  # type: ignore[assignment]
         extra: dict[str, Any] = {
             "binary": prepared.num_outputs == 1,
@@ -132,54 +133,61 @@ class KernelMethod(Method):
             extra["lora"] = [options.lora_r, options.lora_alpha, sorted(options.lora_targets)]
         return kernel_config(
             backbone=ctx.config.backbone, task=ctx.task.name, k=ctx.config.k, seed=ctx.config.seed,
-            template=ctx.config.template, formula=self.formula, params=options.params, **extra,
+            template=ctx.config.template, formula=formula, params=options.params, **extra,
         )
 
     def compute_kernels(self, ctx: RunContext, prepared: Prepared) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Kernels (train x train, train x dev, train x test, flips for asym) and initial logits, cached.
 
-        Returns the tensors and facts to log (parameter count, seconds, peak memory, cache hit).
+        On a cache miss the kernels of all three formulas are computed from one set of per-example
+        gradients and each is cached, so the sibling kernel methods of the same cell reuse them.
+        Returns this method's tensors and facts to log (parameter count, seconds, peak memory, cache hit).
         """
         options: KernelOptions = self.options  # type: ignore[assignment]
         model, device = prepared.model, ctx.device
         selected = select_parameters(model, options.params)
-        n_params = sum(t.tensor.numel() for t in selected)
-        batches = {name: _batches(prepared, name, options.kernel_batch_size, device) for name in SPLITS}
+        facts: dict[str, Any] = {"kernel_params": sum(t.tensor.numel() for t in selected), "kernel_cache_hit": 1.0}
         n = {name: len(prepared.encoded[name]) for name in SPLITS}
         c = prepared.num_outputs
-        expected = {f"{name}_kernel": (n["train"], c, n[name], c) for name in SPLITS}
-        if self.formula == "asym":
-            expected.update({f"{name}_flipped": (n["train"], c, n[name], c) for name in SPLITS})
-        expected.update({f"{name}_logits": (n[name], c) for name in SPLITS})
-        facts: dict[str, Any] = {"kernel_params": n_params, "kernel_cache_hit": 1.0}
-        stats: dict[str, Any] = {}
 
-        def compute() -> dict[str, torch.Tensor]:
-            facts["kernel_cache_hit"] = 0.0
-            start = time.perf_counter()
-            with PeakMemory(device) as peak:
-                kernels = empirical_ntks(
-                    model, batches["train"], {"train": None, "dev": batches["dev"], "test": batches["test"]},
-                    formulas=[self.formula], params=options.params, strategy=options.strategy,
-                    memory_budget=options.memory_budget, stats=stats,
-                )
-            facts["kernel_seconds"] = time.perf_counter() - start
-            facts["kernel_peak_memory_mb"] = peak.peak_bytes / 2**20
-            tensors: dict[str, torch.Tensor] = {}
+        def expected(formula: str) -> dict[str, tuple[int, ...]]:
+            shapes = {f"{name}_kernel": (n["train"], c, n[name], c) for name in SPLITS}
+            if formula == "asym":
+                shapes.update({f"{name}_flipped": (n["train"], c, n[name], c) for name in SPLITS})
+            shapes.update({f"{name}_logits": (n[name], c) for name in SPLITS})
+            return shapes
+
+        cache = KernelCache(ctx.config.resolved_cache_dir() / "kernels")
+        configs = {formula: self.cache_config(ctx, prepared, formula) for formula in FORMULAS}
+        facts["kernel_cache_file"] = str(cache.path(configs[self.formula]))
+        cached = cache.load(configs[self.formula], expected(self.formula))
+        if cached is not None:
+            return cached, facts
+
+        facts["kernel_cache_hit"] = 0.0
+        batches = {name: _batches(prepared, name, options.kernel_batch_size, device) for name in SPLITS}
+        start = time.perf_counter()
+        with PeakMemory(device) as peak:
+            kernels = empirical_ntks(
+                model, batches["train"], {"train": None, "dev": batches["dev"], "test": batches["test"]},
+                formulas=FORMULAS, params=options.params, strategy=options.strategy,
+                memory_budget=options.memory_budget,
+            )
+        facts["kernel_seconds"] = time.perf_counter() - start
+        facts["kernel_peak_memory_mb"] = peak.peak_bytes / 2**20
+        logits = {f"{name}_logits": initial_logits(model, batches[name]) for name in SPLITS}
+        per_formula: dict[str, dict[str, torch.Tensor]] = {}
+        for formula in FORMULAS:
+            tensors = dict(logits)
             for name in SPLITS:
-                value = kernels[name][self.formula]
-                if self.formula == "asym":
+                value = kernels[name][formula]
+                if formula == "asym":
                     tensors[f"{name}_kernel"], tensors[f"{name}_flipped"] = value.kernel, value.flipped
                 else:
                     tensors[f"{name}_kernel"] = value
-                tensors[f"{name}_logits"] = initial_logits(model, batches[name])
-            return tensors
-
-        cache = KernelCache(ctx.config.resolved_cache_dir() / "kernels")
-        config = self.cache_config(ctx, prepared)
-        tensors = cache.get_or_compute(config, compute, expected)
-        facts["kernel_cache_file"] = str(cache.path(config))
-        return tensors, facts
+            cache.save(configs[formula], tensors)
+            per_formula[formula] = tensors
+        return per_formula[self.formula], facts
 
     def load_reference(self, ctx: RunContext, prepared: Prepared, directory: Path) -> dict[str, torch.Tensor]:
         """The reference's pre-computed kernels, validated against this run's splits."""
