@@ -221,19 +221,25 @@ def test_binary_logit_and_cls_head(request, arch, monkeypatch) -> None:
         assert_close(out["asym"].flipped, expected["flipped"], 1e-8)
 
 
-def test_float32_within_1e5(roberta_tok) -> None:
+def test_float32_within_1e5_with_float64_signs_on_the_training_side(roberta_tok) -> None:
     mlm = tiny.roberta_mlm(roberta_tok, seed=4)
     words = roberta_tok.convert_tokens_to_ids(["Ġgreat", "Ġterrible"])
     model = PromptLogitModel(mlm, words).eval()
     a = make_batches(len(roberta_tok), 1, 4, [4], 10, 5, 0)
     b = make_batches(len(roberta_tok), 1, 4, [3, 2], 8, 6, 0)
-    out = empirical_ntks(model, a, {"ab": b}, formulas=["sgd", "asym"], progress=False)["ab"]
-    ga, gb = explicit_gradients(model, a, NO_KEY_BIAS), explicit_gradients(model, b, NO_KEY_BIAS)
-    full_a, full_b = explicit_gradients(model, a, lambda n: True), explicit_gradients(model, b, lambda n: True)
-    assert out["sgd"].dtype == torch.float64
-    assert_close(out["sgd"], explicit_kernels(full_a, full_b)["sgd"], 1e-5)
-    assert_close(out["asym"].flipped, explicit_kernels(full_a, full_b)["flipped"], 1e-5)
-    del ga, gb
+    stats: dict = {}
+    out = empirical_ntks(model, a, {"ab": b}, formulas=["sgd", "asym"], progress=False, stats=stats)["ab"]
+    assert stats["exact_signs"] and out["sgd"].dtype == torch.float64
+    everything = lambda n: True  # noqa: E731
+    ga, gb = explicit_gradients(model, a, everything), explicit_gradients(model, b, everything)
+    exact = PromptLogitModel(copy.deepcopy(mlm).double(), words).eval()
+    ga64 = explicit_gradients(exact, a, everything)
+    assert_close(out["sgd"], explicit_kernels(ga, gb)["sgd"], 1e-5)
+    # the training side's signs come from float64 gradients, the other side is float32
+    assert_close(out["asym"].kernel, torch.einsum("ncp,mdp->ncmd", ga64.sign(), gb), 1e-5)
+    assert_close(out["asym"].flipped, explicit_kernels(ga64, gb)["flipped"], 1e-5)
+    plain = empirical_ntk(model, a, b, formula="asym", progress=False, exact_signs=False)
+    assert_close(plain.flipped, explicit_kernels(ga, gb)["flipped"], 1e-5)
 
 
 def test_lora_adapters_only(roberta) -> None:
@@ -319,6 +325,7 @@ def test_chunks_groups_segments_and_split_batches_give_the_same_kernels(roberta,
         {"chunk": 2, "max_batch": 1},
         {"group_slots": 5, "chunk": 3},
         {"segment_cols": 1000, "max_batch": 3, "chunk": 4},
+        {"gather_rows": 9, "max_batch": 2},
     ):
         other = run(**overrides)
         for name in targets:
@@ -402,9 +409,9 @@ def _chunked(model: nn.Module, a: list[dict], b: list[dict]) -> dict:
         sel,
         [(True, False), (False, True)],
         memory_budget=2**30,
-        overrides={"chunk": 2, "group_slots": 7, "max_batch": 2},
+        overrides={"chunk": 2, "group_slots": 7, "max_batch": 2, "gather_rows": 6},
     )
-    return engine.run(a, {"ab": b, "aa": None})
+    return engine.run(a, {"ab": b, "aa": None})  # chunks of 2, groups of 7 tensors, products of <= 3 examples
 
 
 def _distributed_worker(rank: int, port: int, out_dir: str) -> None:

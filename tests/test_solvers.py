@@ -153,6 +153,13 @@ def test_asym_recovers_labels_on_a_separable_problem(num_outputs) -> None:
     best = select_hyperparameters("asym", train, y, dev, y)
     assert best.dev_score == 1.0
     assert accuracy(best.solver.decision(ev), y_ev) >= 0.95
+    # lambda only enters the prediction: the shared fit gives what a fresh fit gives
+    point = best.hyperparameters
+    fresh = get_solver("asym", **point).fit(train, y)
+    assert torch.allclose(fresh.decision(ev), best.solver.decision(ev), rtol=1e-12, atol=1e-12)
+    other = {**point, "lam": 1.0 - point["lam"]}
+    shared = select_hyperparameters("asym", train, y, dev, y, grid=[point, other]).scores
+    assert shared[1][1] == accuracy(get_solver("asym", **other).fit(train, y).decision(dev), y)
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))

@@ -14,12 +14,16 @@ chunk) pass:
    per-example gradients are assembled segment by segment (a few million columns at a time) into
    a small workspace and immediately contracted with the matching columns of ``S``:
    ``block += S_x @ G_y^T`` for each needed sign combination, so the ``b`` side's gradients are
-   never held whole. Sparse tensors are contracted by joining entries on their row id.
+   never held whole. When a group fits in one segment, the rows of several consecutive batches
+   (up to 256) are gathered first, so that each product is wide enough to run near the machine's
+   peak. Sparse tensors are contracted by joining entries on their row id.
 
 All formulas come out of the same pass: ``sgd`` = (raw, raw), ``signgd`` = (sign, sign),
 ``asym`` = (sign, raw) and its flipped kernel (raw, sign). Each segment's float32 product is
 added into float64 accumulators (segments have fewer than 2^24 columns, so sign kernels, sums
-of +-1, are exact in float32).
+of +-1, are exact in float32). When signs are asked for, the stored side is computed with a
+float64 copy of the model, so that its signs are those of the float64 gradients rather than of
+float32 round-off (an ``asym`` entry moves by twice the other side's entry per flipped sign).
 
 Memory. The planner splits the budget between the stored side, the streaming workspace and a
 batch's activations (the kernel accumulators themselves are counted first). When the stored
@@ -33,10 +37,11 @@ Symmetry. For the ``a x a`` kernel only chunk pairs ``i <= j`` are computed; the
 the transposes (for ``asym``, the transpose of the flipped kernel), and the diagonal blocks come
 from ``S`` alone, without a second pass over those examples.
 
-Several processes. When ``torch.distributed`` is initialised, the work units (streamed batches,
-diagonal blocks) are dealt round-robin to the ranks, each rank fills its entries and the
-accumulators are summed with ``all_reduce``; every entry is computed by exactly one rank, so the
-result is the one-process result.
+Several processes. When ``torch.distributed`` is initialised, the work units (groups of streamed
+batches, diagonal blocks, off-diagonal pieces) are dealt to the ranks by their position in the
+kernel, the same in every pass; each rank fills its entries, and the accumulators are summed with
+``all_reduce``. Every entry is computed by exactly one rank in the one-process order, and all ranks
+agree on one plan (the smallest budget), so the result is the one-process result, bit for bit.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +59,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.kernels.params import SelectedTensor
+from benchmark.kernels.params import Registration, SelectedTensor
 from benchmark.kernels.per_example import (
     Batch,
     Slot,
     SparseRows,
+    Use,
     batch_size,
     fallback_gradients,
     modules_of,
@@ -128,6 +134,64 @@ class Stored:
     def variant(self, sign: bool) -> torch.Tensor:
         """The stored gradients or their signs."""
         return self.dense_sign if sign and self.dense_sign is not None else self.dense
+
+
+@dataclass
+class Twin:
+    """A float64 copy of the model and of the groups' slots, for the stored (training) side.
+
+    Signs are taken of the stored side's gradients (``asym``, ``signgd``); an entry within float32
+    round-off of zero has an arbitrary sign in float32, and in ``asym`` each such flip moves the
+    kernel by twice the other side's (not small) entry. Computing the stored side in float64 (it is
+    the small side: the training set) fixes those signs at little cost.
+    """
+
+    model: nn.Module
+    groups: dict[int, Group]
+
+    @staticmethod
+    def build(model: nn.Module, groups: list[Group]) -> Twin:
+        """Copy ``model`` in float64 and map every slot and use onto the copy."""
+        import copy
+
+        twin = copy.deepcopy(model).to(torch.float64).eval()
+        modules = {id(m): t for m, t in zip(model.modules(), twin.modules(), strict=True)}
+        originals = [p for m in model.modules() for p in m._parameters.values() if p is not None]
+        copies = [p for m in twin.modules() for p in m._parameters.values() if p is not None]
+        tensors = {id(p): q for p, q in zip(originals, copies, strict=True)}
+
+        def mapped(slot: Slot) -> Slot:
+            sel = slot.selected
+            regs = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.registrations]
+            chosen = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.selected]
+            uses = [Use(modules[id(u.module)], u.kind, u.role) for u in slot.uses]
+            copy_sel = SelectedTensor(tensors[id(sel.tensor)], regs, chosen)
+            return Slot(slot.index, copy_sel, uses, slot.sparse, slot.fallback, slot.offset)
+
+        mapped_groups = {}
+        for group in groups:
+            copy_group = Group([mapped(s) for s in group.dense], [mapped(s) for s in group.sparse], group.cols)
+            copy_group.segments = [Segment(g.start, g.stop, [mapped(s) for s in g.slots]) for g in group.segments]
+            mapped_groups[id(group)] = copy_group
+        return Twin(twin, mapped_groups)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The copy's selected tensors."""
+        return [s.tensor for g in self.groups.values() for s in g.dense + g.sparse]
+
+
+@dataclass
+class Pending:
+    """Streamed gradient rows of several batches waiting for one product with the stored side."""
+
+    work: torch.Tensor  # [capacity, columns]
+    used: int = 0
+    pieces: list[tuple[int, int, int]] = field(default_factory=list)  # (first example, size, first row)
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffer holds."""
+        return int(self.work.shape[0])
 
 
 @dataclass
@@ -214,7 +278,14 @@ def differentiable(model: nn.Module, tensors: Sequence[torch.Tensor]) -> Iterato
 
 
 class FastKernelEngine:
-    """Computes ``a x b`` eNTKs for several sign combinations in one set of passes."""
+    """Computes ``a x b`` eNTKs for several sign combinations in one set of passes.
+
+    ``combos`` lists (sign on the a side, sign on the b side) pairs; `run` returns one float64
+    kernel ``[N_a, C, N_b, C]`` per target and combination, on the model's device. With
+    ``exact_signs`` (and a sign combination, and a model below float64) the stored side is
+    computed with a float64 copy of the model (`Twin`), which costs one model's worth of memory.
+    ``overrides`` forces parts of the plan (tests).
+    """
 
     def __init__(
         self,
@@ -227,9 +298,11 @@ class FastKernelEngine:
         stats: dict[str, Any] | None = None,
         validate: bool = True,
         overrides: Mapping[str, int] | None = None,
+        exact_signs: bool = True,
     ) -> None:
         self.model = model
-        self.overrides = dict(overrides or {})  # "chunk", "max_batch", "segment_cols", "group_slots" (tests)
+        # Plan overrides, for tests: "chunk", "max_batch", "segment_cols", "group_slots", "gather_rows".
+        self.overrides = dict(overrides or {})
         self.slots = plan_slots(selection)
         self.combos = list(dict.fromkeys(combos))
         self.budget = memory_budget
@@ -242,20 +315,27 @@ class FastKernelEngine:
         self.itemsize = first.element_size()
         self.rank, self.world = dist_info()
         self.num_outputs = 0
-        self._unit = 0
+        self.work_budget = 0.0
+        self.exact_signs = exact_signs
+        self.twin: Twin | None = None
         self._bar: Any = None
 
     # ------------------------------------------------------------------ timing helpers
-    def _tick(self, key: str, start: float) -> float:
-        now = time.perf_counter()
-        self.stats[key] = self.stats.get(key, 0.0) + now - start
+    def _tick(self, key: str, start: tuple[float, float]) -> tuple[float, float]:
+        """Add the wall and CPU seconds since ``start`` to ``stats[key]`` and ``stats[key + '_cpu']``."""
+        now = _now()
+        self.stats[key] = self.stats.get(key, 0.0) + now[0] - start[0]
+        self.stats[key + "_cpu"] = self.stats.get(key + "_cpu", 0.0) + now[1] - start[1]
         return now
 
-    def _mine(self) -> bool:
-        """Whether the next work unit belongs to this rank (advances the shared counter)."""
-        unit = self._unit
-        self._unit += 1
-        return unit % self.world == self.rank
+    def _mine(self, key: int) -> bool:
+        """Whether work unit ``key`` belongs to this rank.
+
+        Keys depend only on where the unit's entries lie in the kernel (never on the pass), so every
+        entry is accumulated over all passes by one rank, in the one-process order, and the
+        ``all_reduce`` only adds zeros: the result is the one-process result, bit for bit.
+        """
+        return key % self.world == self.rank
 
     # ------------------------------------------------------------------ planning
     def _plan(self, a: Examples, targets: Mapping[str, Examples | None], captured: int) -> tuple[list[Group], int, int]:
@@ -273,6 +353,7 @@ class FastKernelEngine:
             )
             avail = MIN_WORK_BYTES
         store_budget, work_budget, act_budget = 0.45 * avail, 0.20 * avail, 0.35 * avail
+        self.work_budget = work_budget
         sign = any(x or y for x, y in self.combos)
         factor = 2 if sign else 1
         longest = max([a.max_len] + [t.max_len for t in targets.values() if t is not None])
@@ -375,11 +456,12 @@ class FastKernelEngine:
 
     # ------------------------------------------------------------------ one batch
     def _backward(
-        self, group: Group, batch: dict[str, Any]
+        self, group: Group, batch: dict[str, Any], model: nn.Module | None = None
     ) -> tuple[Any, list[dict[int, torch.Tensor]], torch.Tensor | None]:
-        t = time.perf_counter()
+        model = model if model is not None else self.model
+        t = _now()
         with record(group.modules, batch_size(batch)) as rec:
-            logits = self.model(**batch)
+            logits = model(**batch)
         t = self._tick("forward", t)
         outputs = rec.outputs()
         C = self.num_outputs
@@ -393,7 +475,7 @@ class FastKernelEngine:
         t = self._tick("backward", t)
         fallback = None
         if group.fallback:
-            fallback = fallback_gradients(self.model, batch, group.fallback, C)
+            fallback = fallback_gradients(model, batch, group.fallback, C)
             self._tick("fallback", t)
         return rec, grads, fallback
 
@@ -448,26 +530,39 @@ class FastKernelEngine:
 
     # ------------------------------------------------------------------ store
     def _store(self, group: Group, a: Examples, start: int, stop: int, max_batch: int) -> Stored:
+        """Per-example gradients of examples ``start:stop`` of ``a`` for ``group``, with their signs.
+
+        With a float64 twin of the model (see `Twin`), the gradients are computed in float64 and
+        rounded into the stored buffer, so their signs are those of the float64 gradients.
+        """
         C, A = self.num_outputs, stop - start
+        twin = self.twin
+        model, work_group = (twin.model, twin.groups[id(group)]) if twin is not None else (self.model, group)
         dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device)
         parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s.index: [] for s in group.sparse}
         fb_offsets = self._fb_offsets(group)
         for first, batch in a.pieces(start, stop, max_batch):
             size = batch_size(batch)
-            rec, grads, fallback = self._backward(group, batch)
-            t = time.perf_counter()
+            rec, grads, fallback = self._backward(work_group, batch, model)
+            t = _now()
             local = first - start
             for c in range(C):
                 rows = dense[c * A + local : c * A + local + size]
-                self._fill_dense(group.dense, rec, grads[c], fallback, fb_offsets, rows, 0, c)
-            for slot in group.sparse:
+                if twin is None:
+                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, rows, 0, c)
+                else:  # float64 gradients, rounded into the stored rows
+                    exact = torch.empty(size, group.cols, dtype=torch.float64, device=self.device)
+                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
+                    rows.copy_(exact)
+                    del exact
+            for slot in work_group.sparse:
                 parts[slot.index] += self._sparse_rows(
                     slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
                 )
             self._tick("per_example", t)
             del rec, grads, fallback
             self._advance(size)
-        t = time.perf_counter()
+        t = _now()
         sparse = {}
         for slot in group.sparse:
             items = parts[slot.index]
@@ -476,7 +571,10 @@ class FastKernelEngine:
             else:
                 rows = ids = torch.zeros(0, dtype=torch.long, device=self.device)
                 values = torch.zeros(0, slot.width, dtype=self.dtype, device=self.device)
-            sparse[slot.index] = SparseRows.build(rows, ids, values, C * A)
+            entries = SparseRows.build(rows, ids, values, C * A)
+            if entries.values.dtype != self.dtype:
+                entries = SparseRows(entries.ids, entries.rows, entries.values.to(self.dtype))
+            sparse[slot.index] = entries
         need_sign = any(x or y for x, y in self.combos)
         dense_sign = torch.sign(dense) if need_sign and group.cols else None
         self._tick("per_example", t)
@@ -484,9 +582,21 @@ class FastKernelEngine:
 
     # ------------------------------------------------------------------ stream
     def _stream(
-        self, group: Group, stored: Stored, batch: dict[str, Any], combos: list[Combo], max_pairs: int
+        self,
+        group: Group,
+        stored: Stored,
+        batch: dict[str, Any],
+        combos: list[Combo],
+        max_pairs: int,
+        pending: Pending | None = None,
+        first: int = 0,
     ) -> dict[Combo, torch.Tensor]:
-        """Blocks ``[C * A, C * B]`` (float64) of ``stored`` against this batch, for each combo."""
+        """Blocks ``[C * A, C * B]`` (float64) of ``stored`` against this batch, for each combo.
+
+        With ``pending`` (a group of one segment), the dense gradients are only written into its
+        buffer, to be multiplied later together with other batches' (`_flush`); the blocks then hold
+        the sparse part only.
+        """
         C, size = self.num_outputs, batch_size(batch)
         rec, grads, fallback = self._backward(group, batch)
         blocks = {
@@ -494,8 +604,18 @@ class FastKernelEngine:
         }
         fb_offsets = self._fb_offsets(group)
         need_sign = any(y for _, y in combos)
-        for segment in group.segments:
-            t = time.perf_counter()
+        if pending is not None:
+            t = _now()
+            segment = group.segments[0]
+            rows = pending.work[pending.used : pending.used + C * size]
+            for c in range(C):
+                target = rows[c * size : (c + 1) * size]
+                self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, target, segment.start, c)
+            pending.pieces.append((first, size, pending.used))
+            pending.used += C * size
+            self._tick("per_example", t)
+        for segment in group.segments if pending is None else []:
+            t = _now()
             cols = segment.stop - segment.start
             work = torch.empty(C * size, cols, dtype=self.dtype, device=self.device)
             for c in range(C):
@@ -518,7 +638,7 @@ class FastKernelEngine:
             self._tick("contract", t)
             del work, work_sign
         for slot in group.sparse:
-            t = time.perf_counter()
+            t = _now()
             items = self._sparse_rows(slot, rec, grads, size, lambda c, r: r + c * size)
             if items:
                 rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
@@ -529,8 +649,26 @@ class FastKernelEngine:
         self._advance(size)
         return blocks
 
+    def _flush(self, pending: Pending, stored: Stored, out: dict[Combo, torch.Tensor], a0: int) -> None:
+        """Multiply the pending streamed rows with the stored side and place the blocks."""
+        if not pending.used:
+            return
+        t = _now()
+        C = self.num_outputs
+        work = pending.work[: pending.used]
+        work_sign = torch.sign(work) if any(y for _, y in self.combos) else None
+        cols = work.shape[1]
+        t = self._tick("per_example", t)
+        for x, y in self.combos:
+            left = stored.variant(x)[:, :cols]
+            block = torch.mm(left, (work_sign if y else work).t()).to(torch.float64)  # type: ignore[union-attr]
+            for first, size, offset in pending.pieces:
+                _place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
+        pending.used, pending.pieces = 0, []
+        self._tick("contract", t)
+
     def _diagonal(self, group: Group, stored: Stored, combos: list[Combo], max_pairs: int) -> dict[Combo, torch.Tensor]:
-        t = time.perf_counter()
+        t = _now()
         n = self.num_outputs * stored.size
         blocks = {}
         for x, y in combos:
@@ -544,6 +682,22 @@ class FastKernelEngine:
             sparse_join(rows, rows, blocks, max_pairs)
         self._tick("contract", t)
         return blocks
+
+    def _pending(self, group: Group, max_batch: int) -> Pending | None:
+        """A buffer gathering several streamed batches before one product (one-segment groups only).
+
+        Products with more columns run closer to the machine's peak; the buffer is sized from the
+        workspace share of the budget (at most 256 rows, so that processes still share the work).
+        """
+        if len(group.segments) != 1 or self.overrides.get("no_gather"):
+            return None
+        cols = group.segments[0].stop - group.segments[0].start
+        factor = 2 if any(y for _, y in self.combos) else 1
+        rows = min(256, int(self.work_budget // max(1, factor * cols * self.itemsize)))
+        rows = self.overrides.get("gather_rows", rows)
+        if rows < 2 * self.num_outputs * max_batch:
+            return None
+        return Pending(torch.empty(rows, cols, dtype=self.dtype, device=self.device))
 
     def _advance(self, n: int) -> None:
         if self._bar is not None:
@@ -565,7 +719,7 @@ class FastKernelEngine:
         }
         tensors = [s.tensor for s in self.slots]
         with differentiable(self.model, tensors):
-            t = time.perf_counter()
+            t = _now()
             sample = slice_batch(a.batches[0], 0, min(4, a.sizes[0]))
             failed, captured, C = probe(self.model, sample, self.slots, check=self.validate)
             self.num_outputs = C
@@ -576,6 +730,10 @@ class FastKernelEngine:
                 slot.fallback, slot.sparse = True, False
             self._tick("probe", t)
             groups, chunk, max_batch = self._plan(a, streams, captured)
+            signs = any(x or y for x, y in self.combos)
+            if self.exact_signs and signs and self.dtype != torch.float64:
+                self.twin = Twin.build(self.model, groups)
+            self.stats["exact_signs"] = self.twin is not None
             max_pairs = int(0.05 * self.budget // self.itemsize) + 2**16
             kernels = {
                 name: {
@@ -599,36 +757,56 @@ class FastKernelEngine:
                 )
             )
             self._bar = tqdm(total=total_work, unit="ex", desc="eNTK", disable=not self.progress or self.rank != 0)
+            twin_grads = (
+                differentiable(self.twin.model, self.twin.tensors()) if self.twin is not None else nullcontext()
+            )
             try:
-                for group in groups:
-                    for i in range(n_chunks):
-                        a0, a1 = i * chunk, min(a.total, (i + 1) * chunk)
-                        stored = self._store(group, a, a0, a1, max_batch)
-                        for name, stream in streams.items():
-                            if stream is None:
-                                self._self_blocks(
-                                    group, stored, a, kernels[name], chunk, n_chunks, i, max_batch, max_pairs
-                                )
-                            else:
-                                for first, batch in stream.pieces(0, stream.total, 10**12):
-                                    if not self._mine():
-                                        self._advance(batch_size(batch))
-                                        continue
-                                    for s0, piece in _split(first, batch, max_batch):
-                                        blocks = self._stream(group, stored, piece, self.combos, max_pairs)
-                                        for combo, block in blocks.items():
-                                            _place(kernels[name][combo], block, a0, a1 - a0, s0, batch_size(piece), C)
-                        del stored
+                with twin_grads:
+                    for group in groups:
+                        for i in range(n_chunks):
+                            a0, a1 = i * chunk, min(a.total, (i + 1) * chunk)
+                            stored = self._store(group, a, a0, a1, max_batch)
+                            for name, stream in streams.items():
+                                if stream is None:
+                                    self._self_blocks(
+                                        group, stored, a, kernels[name], chunk, n_chunks, i, max_batch, max_pairs
+                                    )
+                                else:
+                                    self._stream_target(group, stored, stream, kernels[name], max_batch, max_pairs)
+                            del stored
             finally:
                 if self._bar is not None:
                     self._bar.close()
             if self.world > 1:
-                t = time.perf_counter()
+                t = _now()
                 for per_combo in kernels.values():
                     for tensor in per_combo.values():
                         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
                 self._tick("gather", t)
         return kernels
+
+    def _stream_target(
+        self,
+        group: Group,
+        stored: Stored,
+        stream: Examples,
+        out: dict[Combo, torch.Tensor],
+        max_batch: int,
+        max_pairs: int,
+    ) -> None:
+        """Stream every (assigned) batch of one ``b`` side against the stored chunk."""
+        C = self.num_outputs
+        pending = self._pending(group, max_batch)
+        for key, unit in enumerate(_units(stream, max_batch, C, pending)):
+            if not self._mine(key):
+                self._advance(sum(batch_size(piece) for _, piece in unit))
+                continue
+            for first, piece in unit:
+                blocks = self._stream(group, stored, piece, self.combos, max_pairs, pending, first)
+                for combo, block in blocks.items():
+                    _place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
+            if pending is not None:
+                self._flush(pending, stored, out, stored.start)
 
     def _self_blocks(
         self,
@@ -645,14 +823,14 @@ class FastKernelEngine:
         """The ``a x a`` blocks of chunk ``i``: its diagonal block and its pairs with chunks ``j > i``."""
         C = self.num_outputs
         mirrored = list(dict.fromkeys(self.combos + [(y, x) for x, y in self.combos]))
-        if self._mine():
+        if self._mine(i):
             blocks = self._diagonal(group, stored, self.combos, max_pairs)
             for combo, block in blocks.items():
                 _place(out[combo], block, stored.start, stored.size, stored.start, stored.size, C)
         for j in range(i + 1, n_chunks):
             b0, b1 = j * chunk, min(a.total, (j + 1) * chunk)
-            for first, batch in a.pieces(b0, b1, max_batch):
-                if not self._mine():
+            for k, (first, batch) in enumerate(a.pieces(b0, b1, max_batch)):
+                if not self._mine(i + j + k):
                     self._advance(batch_size(batch))
                     continue
                 blocks = self._stream(group, stored, batch, mirrored, max_pairs)
@@ -660,6 +838,30 @@ class FastKernelEngine:
                 for x, y in self.combos:
                     _place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
                     _place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
+
+
+def _now() -> tuple[float, float]:
+    """(wall clock, process CPU time) in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def _units(stream: Examples, max_batch: int, C: int, pending: Pending | None) -> list[list[tuple[int, dict[str, Any]]]]:
+    """Work units of a streamed side: consecutive sub-batches, as many as fill one product.
+
+    Units depend only on the batches and the plan, never on the number of processes, so each
+    product has the same shape (and rounding) whichever rank computes it.
+    """
+    units: list[list[tuple[int, dict[str, Any]]]] = []
+    rows = 0
+    for first, batch in stream.pieces(0, stream.total, 10**12):
+        for s0, piece in _split(first, batch, max_batch):
+            need = C * batch_size(piece)
+            if pending is None or not units or rows + need > pending.capacity:
+                units.append([])
+                rows = 0
+            units[-1].append((s0, piece))
+            rows += need
+    return units
 
 
 def _split(first: int, batch: dict[str, Any], max_batch: int) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -12,8 +12,12 @@ Kernels are float64 tensors ``[N_a, C, N_b, C]`` in the order of the examples in
 Sign kernels and round-off: a gradient entry that is zero in exact arithmetic (e.g. the attention
 key bias, whose gradient cancels through the softmax) comes out as |g| ~ 1e-9 round-off whose
 sign depends on the order of floating-point operations, so two correct implementations (this
-engine and the reference jvp/jacrev path) can disagree on such entries; sign kernels agree to
-about 2e-4 relative, exactly where no gradient entry is near zero.
+engine and the reference jvp/jacrev path) can disagree on such entries. A flip changes a
+``signgd`` entry by 2, so sign kernels agree to about 2e-4 relative (exactly where no gradient
+entry is near zero), and an ``asym`` entry by twice the other side's gradient entry: in float32 an
+entry of a few 1e-9 (within round-off) can take either sign, which can move an ``asym`` kernel by
+~1e-5 relative; in float64 only analytically-zero entries remain, whose partners are themselves
+round-off, so ``asym`` agrees to ~1e-12.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ def empirical_ntks(
     progress: bool = True,
     stats: dict[str, Any] | None = None,
     validate: bool = True,
+    exact_signs: bool = True,
 ) -> dict[str, dict[str, KernelValue]]:
     """Several kernels against the same ``a`` side, in one set of passes.
 
@@ -123,9 +128,21 @@ def empirical_ntks(
         _, world = dist_info()
         if device.type != "cuda" and world > 1:
             budget //= int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    _, world = dist_info()
+    if world > 1:  # one plan for all ranks: the smallest budget
+        agreed = torch.tensor([budget], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+        budget = int(agreed.item())
     combos = [combo for f in names for combo in _COMBOS[f]]
     engine = FastKernelEngine(
-        model, selection, combos, memory_budget=budget, progress=progress, stats=stats, validate=validate
+        model,
+        selection,
+        combos,
+        memory_budget=budget,
+        progress=progress,
+        stats=stats,
+        validate=validate,
+        exact_signs=exact_signs,
     )
     raw = engine.run(batches_a, {k: (list(v) if v is not None else None) for k, v in targets.items()})
     result: dict[str, dict[str, KernelValue]] = {}
@@ -168,6 +185,7 @@ def empirical_ntk(
     progress: bool = True,
     stats: dict[str, Any] | None = None,
     validate: bool = True,
+    exact_signs: bool = True,
 ) -> KernelValue:
     """The empirical NTK of ``model`` between ``batches_a`` and ``batches_b`` (default: ``batches_a``).
 
@@ -189,6 +207,8 @@ def empirical_ntk(
             (``passes``, ``groups``, ``chunk``, ``max_batch``, ``segment_cols``, ``budget``,
             ``fallback_params``).
         validate: check the per-layer gradients against autograd on a probe batch first.
+        exact_signs: for sign formulas on a float32/16 model, compute the training (``a``) side's
+            gradients with a float64 copy of the model, so that their signs are not round-off.
 
     Returns:
         float64 ``[N_a, C, N_b, C]``; for ``asym`` an `AsymKernel` ``(kernel, flipped)``.
@@ -204,5 +224,6 @@ def empirical_ntk(
         progress=progress,
         stats=stats,
         validate=validate,
+        exact_signs=exact_signs,
     )
     return out["b"][normalize_formula(formula)]

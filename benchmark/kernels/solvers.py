@@ -131,6 +131,8 @@ class KernelSolver:
     name: ClassVar[str]
     supports_f0: ClassVar[bool] = True
     needs_flipped: ClassVar[bool] = False
+    #: Hyper-parameters used only at prediction: grid points differing only in them share one fit.
+    prediction_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, regularization: float = 0.0, f0_scaling: float | None = None) -> None:
         if regularization < 0:
@@ -312,6 +314,7 @@ class AsymSolver(KernelSolver):
 
     name = "asym"
     needs_flipped = True
+    prediction_only = ("lam",)
 
     def __init__(
         self,
@@ -421,7 +424,8 @@ def select_hyperparameters(
 ) -> Selection:
     """Fit ``name`` for every grid point on train, score it on dev, keep the best (first on ties).
 
-    The kernels are reused across the grid; a grid point whose fit fails numerically scores -inf.
+    The kernels are reused across the grid, and points that differ only in prediction-time
+    settings (asym's lambda) share one fit; a point whose fit fails numerically scores -inf.
     """
     with_f0 = train.logits is not None and dev.logits is not None
     points = list(grid) if grid is not None else default_grid(name, with_f0=with_f0)
@@ -429,10 +433,20 @@ def select_hyperparameters(
         raise BenchError("the hyper-parameter grid is empty")
     best: Selection | None = None
     scores: list[tuple[dict[str, Any], float]] = []
+    fitted: dict[tuple[tuple[str, Any], ...], KernelSolver | None] = {}
     for point in points:
         solver = get_solver(name, **point)
+        key = tuple(sorted((k, v) for k, v in point.items() if k not in solver.prediction_only))
         try:
-            solver.fit(train, train_labels)
+            if key in fitted:  # same fit, other prediction-only settings (asym's lambda)
+                done = fitted[key]
+                if done is None:
+                    raise RuntimeError("fit failed")
+                solver.__dict__.update({k: v for k, v in done.__dict__.items() if k not in solver.prediction_only})
+            else:
+                fitted[key] = None
+                solver.fit(train, train_labels)
+                fitted[key] = solver
             score = metric(solver.decision(dev), dev_labels)
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             score = -math.inf
