@@ -4,8 +4,9 @@ Both train the same masked LM (prompt-based: cross-entropy on the label words' l
 on the same batches, with AdamW, a linear schedule, gradient clipping and dropout on. The plain
 loop is what one writes with transformers alone: ``DataCollatorWithPadding`` batches,
 ``AutoModelForMaskedLM`` forward, gather at the mask, ``get_linear_schedule_with_warmup``.
-Rounds alternate between the two loops (the machine may be shared); the median steps/s of each
-and their ratio are printed (target: ours / plain >= 0.9)::
+Rounds alternate between the loops (the machine may be shared); the median steps/s of each and
+the ratios are printed (target: ours / plain >= 0.9), by wall clock and by this process's CPU
+time (steadier on a loaded machine; meaningful with ``--threads 1``)::
 
     python -m benchmark.bench_train --model /work/shared/models/bert-tiny-splade --steps 60
 """
@@ -49,20 +50,21 @@ def _load(model_dir: Path | None):
     return AutoModelForMaskedLM.from_pretrained(model_dir, attn_implementation="eager"), tokenizer
 
 
-def ours(mlm, encoder, train, dev, *, batch_size: int, steps: int, seed: int) -> float:
-    """Steps/s of `train_model` (evaluation time excluded)."""
+def ours(mlm, encoder, train, dev, *, batch_size: int, steps: int, seed: int) -> tuple[float, float]:
+    """(wall, CPU) steps/s of `train_model`; wall excludes the final evaluation, CPU time includes it."""
     from benchmark.models import PromptLogitModel
     from benchmark.training import TrainingOptions, train_model
 
     model = PromptLogitModel(copy.deepcopy(mlm), encoder.label_word_ids)
     options = TrainingOptions(lr=1e-5, batch_size=batch_size, steps=steps, eval_every=steps)
+    cpu = time.process_time()
     result = train_model(model, train, dev, options, optimizer="adam", seed=seed, device=torch.device("cpu"))
-    return result.steps_per_second
+    return result.steps_per_second, steps / (time.process_time() - cpu)
 
 
 def plain(
     mlm, tokenizer, train, label_word_ids: list[int], *, batch_size: int, steps: int, seed: int, mask_only: bool = False
-) -> float:
+) -> tuple[float, float]:
     """Steps/s of a hand-written transformers loop on the same data and batch order.
 
     By default the masked LM scores every position (``model(**batch).logits``), as one would write it;
@@ -84,7 +86,7 @@ def plain(
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
     batches = epoch_batches(len(train), batch_size, seed)
     torch.manual_seed(seed)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         index = next(batches)
         batch = collator([features[i] for i in index])
@@ -100,7 +102,7 @@ def plain(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,22 +128,29 @@ def main(argv: list[str] | None = None) -> None:
     dev = train.subset([0])
     ours(mlm, encoder, train, dev, batch_size=args.batch_size, steps=5, seed=args.seed)  # warm-up
     plain(mlm, tokenizer, train, encoder.label_word_ids, batch_size=args.batch_size, steps=5, seed=args.seed)
-    rates: dict[str, list[float]] = {"ours": [], "plain": [], "plain-mask": []}
+    loops = {
+        "ours": ("ours (train_model)", lambda: ours(mlm, encoder, train, dev, **common)),
+        "plain": ("plain transformers loop", lambda: plain(mlm, tokenizer, train, encoder.label_word_ids, **common)),
+        "plain-mask": ("plain loop, MLM head at mask only",
+                       lambda: plain(mlm, tokenizer, train, encoder.label_word_ids, mask_only=True, **common)),
+    }
     common = {"batch_size": args.batch_size, "steps": args.steps, "seed": args.seed}
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
     for _ in range(args.rounds):
-        rates["ours"].append(ours(mlm, encoder, train, dev, **common))
-        rates["plain"].append(plain(mlm, tokenizer, train, encoder.label_word_ids, **common))
-        rates["plain-mask"].append(plain(mlm, tokenizer, train, encoder.label_word_ids, mask_only=True, **common))
-    median = {name: statistics.median(values) for name, values in rates.items()}
+        for name, (_, run) in loops.items():
+            rates[name].append(run())
     print(f"model: {args.model or 'tiny random BERT'}  batch: {args.batch_size}  steps/round: {args.steps}  "
           f"rounds: {args.rounds}  threads: {torch.get_num_threads()}")
-    labels = {"ours": "ours (train_model)", "plain": "plain transformers loop",
-              "plain-mask": "plain loop, MLM head at mask only"}
-    for name, label in labels.items():
-        print(f"{label:36s} {median[name]:8.2f} steps/s  {[round(r, 2) for r in rates[name]]}")
-    print(f"ratio ours / plain:                  {median['ours'] / median['plain']:8.3f}  (target >= 0.9)")
-    print(f"ratio ours / plain (mask-only head): {median['ours'] / median['plain-mask']:8.3f}")
-
+    median = {}
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        median[clock] = {name: statistics.median(r[index] for r in values) for name, values in rates.items()}
+        for name, (label, _) in loops.items():
+            per_round = [round(r[index], 2) for r in rates[name]]
+            print(f"[{clock:4s}] {label:34s} {median[clock][name]:8.2f} steps/s  {per_round}")
+    for clock in ("wall", "cpu"):
+        m = median[clock]
+        print(f"[{clock:4s}] ratio ours / plain: {m['ours'] / m['plain']:.3f} (target >= 0.9);  "
+              f"ours / plain with mask-only head: {m['ours'] / m['plain-mask']:.3f}")
 
 if __name__ == "__main__":
     main()

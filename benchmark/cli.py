@@ -252,7 +252,8 @@ def data_cmd(
 
 
 def _summary_table(outcomes: list[Any]) -> Table:
-    metric_names = sorted({m for o in outcomes for m in o.result.metrics if m.endswith(("_acc", "_f1"))})
+    metric_names = sorted({m for o in outcomes for m in o.result.metrics
+                           if m.startswith(("dev_", "test_")) and m.endswith(("_acc", "_f1"))})
     table = Table(title="summary")
     table.add_column("seed")
     for name in metric_names:
@@ -300,6 +301,9 @@ def run_cmd(
     load_kernels: Annotated[
         Path | None, typer.Option("--load-kernels", help="kernel methods: solve on the reference's kernel files in DIR")
     ] = None,
+    diagnostics: Annotated[
+        bool, typer.Option("--diagnostics", help="ft-*/lora-*: kernel-regime diagnostics (= --opt diagnostics=true)")
+    ] = False,
 ) -> None:
     """Run a method on a task for one or more seeds; each seed is one MLflow run."""
     from benchmark.config import RunConfig
@@ -309,6 +313,8 @@ def run_cmd(
     options = parse_options(opt, grid)
     if save_kernels:
         options["save_kernels"] = True
+    if diagnostics:
+        options["diagnostics"] = True
     if load_kernels is not None:
         if not load_kernels.is_dir():
             raise BenchError(f"--load-kernels directory '{load_kernels}' does not exist")
@@ -517,6 +523,26 @@ def leaderboard_cmd(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     console.print(f"wrote {out} ({len(board.agg)} groups from {len(board.runs)} runs)", highlight=False)
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    run_id: Annotated[str, typer.Option("--run-id", help="MLflow run id of an ft-*/lora-* run saved with save_model")],
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="log the diagnostics into the run")] = True,
+) -> None:
+    """Kernel-regime diagnostics of an existing fine-tuning run (linearization, kernel drift, movement).
+
+    theta_0 is rebuilt from the run's config (same seed and head init) and theta_FT is loaded from its
+    saved weights (``--opt save_model=true``); the metrics and diagnostics.json are logged into the run.
+    """
+    from benchmark.diagnostics import diagnose_run, format_diagnostics
+
+    diag = diagnose_run(run_id, tracking_uri=tracking_uri, log=log)
+    for line in format_diagnostics(diag):
+        console.print(line, highlight=False)
+    if log:
+        console.print(f"logged to run {run_id}", highlight=False)
 
 
 if __name__ == "__main__":

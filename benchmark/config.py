@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
 NO_TEMPLATE = "none"
+# Options that add measurements to a run without changing its numbers: not part of its identity.
+MEASUREMENT_OPTIONS = frozenset({"diagnostics", "save_model", "save_kernels"})
 
 
 class RunConfig(BaseModel):
@@ -49,8 +51,10 @@ class RunConfig(BaseModel):
         return self.template is None or self.template.strip().lower() != NO_TEMPLATE
 
     def identity(self) -> dict[str, Any]:
-        """The fields that determine the run's numbers (not where it is logged)."""
-        return self.model_dump(mode="json", exclude={"tracking_uri", "experiment", "cache_dir", "device"})
+        """The fields that determine the run's numbers (not where it is logged, nor extra measurements)."""
+        identity = self.model_dump(mode="json", exclude={"tracking_uri", "experiment", "cache_dir", "device"})
+        identity["options"] = {k: v for k, v in identity["options"].items() if k not in MEASUREMENT_OPTIONS}
+        return identity
 
     def config_hash(self) -> str:
         """A short stable hash of `identity`, used to find an existing run of the same cell."""

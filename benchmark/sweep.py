@@ -273,6 +273,8 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         spec.backbones, tasks, methods.items(), spec.k, spec.templates
     ):
         options = {**spec.options, **entry.options}
+        if "diagnostics" in METHODS.get(method).Options.model_fields:  # ft-*/lora-*: on by default in sweeps
+            options.setdefault("diagnostics", True)
         inner = options.pop("grid", {})
         if not isinstance(inner, dict):
             raise BenchError("give grids with --grid [METHOD:]key=v1,v2 (or a 'grid' mapping in the sweep file)")

@@ -51,6 +51,9 @@ class FinetuneOptions(TrainingOptions):
     )
     probe_c: float = Field(default=1.0, gt=0, description="inverse L2 strength of the linear probe for init_head")
     save_model: bool = Field(default=False, description="store the fine-tuned weights (or LoRA adapter) in MLflow")
+    diagnostics: bool = Field(
+        default=False, description="kernel-regime diagnostics of the run: linearization, kernel drift, movement"
+    )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="hyper-parameter grid, e.g. {'lr': [1e-5, 2e-5]}; best dev acc per seed"
     )
@@ -249,7 +252,7 @@ class Finetune(Method):
         ctx.tracker.log_params({f"hp.{key}": value for key, value in fixed.items()})
 
         points = options.grid_points()
-        initial = snapshot(model) if len(points) > 1 else None
+        initial = snapshot(model) if len(points) > 1 or options.diagnostics else None  # theta_0
         best: tuple[int, float, FinetuneOptions, TrainResult, dict[str, torch.Tensor] | None] | None = None
         for index, point in enumerate(points):
             if initial is not None and index > 0:
@@ -290,6 +293,14 @@ class Finetune(Method):
             )
             metrics.update(split_metrics)
             predictions[name] = predicted
+        if options.diagnostics and initial is not None:  # every rank: the kernel engine splits its work across them
+            from benchmark.diagnostics import finetune_diagnostics, log_diagnostics
+
+            diag = finetune_diagnostics(
+                model, initial, prepared, ctx, optimizer=self.optimizer, best_step=result.best_step
+            )
+            log_diagnostics(ctx.tracker, diag, headline=False)  # the diag_* metrics go out with the result
+            metrics.update(diag.metrics)
         ctx.tracker.log_metrics(result.summary())
         params: dict[str, Any] = {"best_step": result.best_step}
         if len(points) > 1:
