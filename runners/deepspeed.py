@@ -234,8 +234,10 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
             _fail(tracker, f"{type(exc).__name__}: {exc}")
             raise
         reported = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    if code != 0 or "error" in reported:
-        message = reported.get("error") or f"the DeepSpeed workers failed with exit code {code}; see their output above"
+        errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
+    if code != 0 or errors:
+        first = next((error for error in errors if error), None)
+        message = first or f"the DeepSpeed workers failed with exit code {code}; see their output above"
         _fail(tracker, message)
         raise BenchError(message)
     tracker.finish("FINISHED")

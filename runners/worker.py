@@ -2,7 +2,8 @@
 
 It joins the process group, attaches rank 0 to the parent's MLflow run (other ranks log
 nothing), runs `benchmark.run.execute` with its rank and world size, and leaves closing the run
-to the parent. Rank 0 writes the method's result (or the error) to ``--result`` for the parent.
+to the parent. Rank 0 writes the method's result to ``--result`` for the parent; a rank that fails
+writes its error next to it (``<result>.error-rank<N>``).
 Exit codes: 0 done, 2 user error (`BenchError`), 1 anything else.
 """
 
@@ -38,6 +39,12 @@ def _write(path: Path | None, payload: dict[str, Any]) -> None:
         tmp.replace(path)
 
 
+def error_path(result: Path | None, rank: int) -> Path | None:
+    """Where rank ``rank`` reports its error (every rank writes its own file before exiting: when one
+    rank fails, the launcher kills the others, possibly before rank 0 could say why)."""
+    return None if result is None else result.with_name(f"{result.name}.error-rank{rank}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run this rank's share of the run; returns the process exit code."""
     from runners.deepspeed import decode
@@ -69,13 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "params": result.params, "seconds": outcome.seconds})
     except BenchError as exc:
         print(f"error (rank {rank}): {exc}", file=sys.stderr, flush=True)
-        if rank == 0:
-            _write(args.result, {"error": str(exc)})
+        _write(error_path(args.result, rank), {"error": str(exc)})
         code = 2
     except Exception as exc:
         traceback.print_exc()
-        if rank == 0:
-            _write(args.result, {"error": f"worker rank {rank} failed: {type(exc).__name__}: {exc}"})
+        _write(error_path(args.result, rank), {"error": f"worker rank {rank} failed: {type(exc).__name__}: {exc}"})
         code = 1
     finally:
         if torch.distributed.is_initialized() and code == 0:

@@ -162,8 +162,8 @@ def test_worker_crash_fails_the_run_and_streams_output(make_config, monkeypatch,
 
 
 def test_worker_error_message_becomes_the_error(make_config, monkeypatch):
-    script = ("import json, sys; json.dump({'error': 'batch_size 3 is not divisible'}, open(sys.argv[1], 'w')); "
-              "sys.exit(2)")
+    script = ("import json, sys; json.dump({'error': 'batch_size 3 is not divisible'}, "
+              "open(sys.argv[1] + '.error-rank1', 'w')); sys.exit(2)")
     _fake_launcher(monkeypatch, script)
     config = make_config()
     with pytest.raises(BenchError, match=r"^batch_size 3 is not divisible$"):
@@ -250,7 +250,7 @@ def test_deepspeed_two_cpu_ranks_match_the_local_run(make_config, monkeypatch, c
         launch(config, LaunchOptions(launcher="deepspeed", num_gpus=2, deepspeed_config=bad))
     failed = [run for run in experiment_runs(config) if run.info.status == "FAILED"]
     assert len(failed) == 1 and "remove 'optimizer'" in failed[0].data.tags["error"]
-    assert "error (rank 0)" in capsys.readouterr().out
+    assert "error (rank" in capsys.readouterr().out
 
 
 def test_batch_size_that_ranks_cannot_split_fails_before_launch(make_config, monkeypatch):
