@@ -175,15 +175,12 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backb
 
 def _task_and_splits(task: str, task_file: Path | None, k: int, seed: int, data_dir: Path | None, test_cap: int):
     from benchmark.config import RunConfig
-    from benchmark.data import load_splits
-    from benchmark.run import resolve_task
+    from benchmark.run import load_config_splits, resolve_task
 
     config = RunConfig(task=task, task_file=task_file, method="zero-shot", k=k, seed=seed,
                        data_dir=data_dir, test_cap=test_cap)
     spec = resolve_task(config)
-    splits = load_splits(spec, k=k, seed=seed, data_dir=data_dir, test_cap=test_cap,
-                         cache_dir=config.resolved_cache_dir() / "splits")
-    return spec, splits
+    return spec, load_config_splits(config, spec)
 
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="registered task name")]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from benchmark.config import RunConfig
+from benchmark.examples import Splits
 from benchmark.methods.base import Method, RunContext, RunResult
 from benchmark.tracking import Tracker, tracked
 from registry import METHODS, TASKS, BenchError, TaskSpec, load_builtins, load_task_file
@@ -83,15 +84,21 @@ def start_tracker(config: RunConfig, parent_run_id: str | None = None) -> Tracke
     )
 
 
+def load_config_splits(config: RunConfig, task: TaskSpec) -> Splits:
+    """The k-shot splits of ``config`` (its k, seed, data directory, test cap and split cache)."""
+    from benchmark.data import load_splits
+
+    return load_splits(task, k=config.k, seed=config.seed, data_dir=config.data_dir, test_cap=config.test_cap,
+                       cache_dir=config.resolved_cache_dir() / "splits")
+
+
 @contextmanager
 def build_context(config: RunConfig, tracker: Tracker | None = None) -> Iterator[RunContext]:
     """A `RunContext` for ``config`` outside a tracked run (logging goes to ``tracker`` or nowhere)."""
-    from benchmark.data import load_splits
     from benchmark.tracking import NullTracker
 
     task = resolve_task(config)
-    splits = load_splits(task, k=config.k, seed=config.seed, data_dir=config.data_dir, test_cap=config.test_cap,
-                         cache_dir=config.resolved_cache_dir() / "splits")
+    splits = load_config_splits(config, task)
     with tempfile.TemporaryDirectory(prefix="kernel-bench-") as work:
         yield RunContext(config=config, task=task, splits=splits, tracker=tracker or NullTracker(),
                          device=resolve_device(config), work_dir=Path(work))
@@ -112,21 +119,13 @@ def execute(
     ``tracker`` logs into an existing run (a launcher's); with ``finish=False`` the caller closes it.
     """
     from benchmark.backbones import resolve_backbone
-    from benchmark.data import load_splits
 
     # Validate what a user can get wrong before an MLflow run exists for it.
     task = resolve_task(config)
     method = resolve_method(config)
     device = resolve_device(config)
     resolve_backbone(config.backbone)
-    splits = load_splits(
-        task,
-        k=config.k,
-        seed=config.seed,
-        data_dir=config.data_dir,
-        test_cap=config.test_cap,
-        cache_dir=config.resolved_cache_dir() / "splits",
-    )
+    splits = load_config_splits(config, task)
     tracker = tracker or start_tracker(config)
     start = time.perf_counter()
 
