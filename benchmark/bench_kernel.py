@@ -268,6 +268,9 @@ def _agreement(
             fk, rk = pick(fast.result[f])[:, :, :n_ref].cpu(), pick(ref.result[f]).cpu()
             err = _relative(fk, rk)
             tol, note = TOLERANCE, ""
+            if f == "asym" and name == "flipped" and dtype_of(model) != torch.float64:
+                tol = SIGN_TOLERANCE  # both strategies take this kernel's signs from float32 eval-side gradients
+                note = "; signs from float32 eval-side gradients in both strategies"
             if f == "signgd":
                 noisy = roundoff_entries(model, train, args.params)
                 allowed = 4.0 * noisy / float(rk.abs().max())
@@ -442,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     combos = len({c for f in formulas for c in {"sgd": ["ff"], "signgd": ["tt"], "asym": ["tf", "ft"]}[f]})
     bench = Shape(dense, hidden, int(mlm.config.num_hidden_layers))
     C = model.num_outputs
-    print(roberta_base_estimate(stats, bench, args.n_train, args.n_eval, args.seq_len, C, combos, budget))
+    if device.type == "cpu":
+        print(roberta_base_estimate(stats, bench, args.n_train, args.n_eval, args.seq_len, C, combos, budget))
+    else:  # a small model leaves a GPU launch-bound: its per-FLOP costs say nothing about roberta-base
+        print("estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
+              "are launch-bound)")
     return status
 
 

@@ -64,7 +64,9 @@ class PromptLogitModel(_EncoderMixin):
         self.encoder, self.head = _split_masked_lm(mlm)
         self.mlm = mlm
         self.binary = binary
-        self.register_buffer("label_word_ids", torch.tensor(label_word_ids, dtype=torch.long), persistent=False)
+        device = next(mlm.parameters()).device  # wrapping a model already on a GPU keeps everything there
+        ids = torch.tensor(label_word_ids, dtype=torch.long, device=device)
+        self.register_buffer("label_word_ids", ids, persistent=False)
 
     @property
     def num_outputs(self) -> int:
@@ -108,8 +110,8 @@ class ClsHeadLogitModel(_EncoderMixin):
         self.binary = binary
         hidden = self.encoder.config.hidden_size
         generator = torch.Generator().manual_seed(seed)
-        dtype = next(self.encoder.parameters()).dtype
-        self.classifier = nn.Linear(hidden, 1 if binary else num_labels, dtype=dtype)
+        first = next(self.encoder.parameters())
+        self.classifier = nn.Linear(hidden, 1 if binary else num_labels, dtype=first.dtype, device=first.device)
         with torch.no_grad():
             std = getattr(self.encoder.config, "initializer_range", 0.02)
             self.classifier.weight.copy_(torch.randn(self.classifier.weight.shape, generator=generator) * std)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The CUDA checks of the eNTK engine, as one short script for a GPU machine:
+#   1. tests/test_kernels_cuda.py (kernels on CUDA = explicit per-example autograd on the CPU;
+#      fast = reference strategy on CUDA; float32 with a memory budget);
+#   2. the kernel benchmark on CUDA (fast vs reference, same inputs) on the random 4.5M model and,
+#      when BERT_TINY names its directory, on bert-tiny.
+# Logs go to $OUT (or ./gpu-check). Usage: BERT_TINY=path/to/bert-tiny-splade scripts/gpu_check.sh
+set -uo pipefail
+out=${OUT:-gpu-check}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi -L | tee "$out/device.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+  | tee -a "$out/device.txt"
+timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_kernels_cuda.py 2>&1 | tee "$out/pytest.txt"
+bench() { timeout 150 python3 -m benchmark.bench_kernel --device cuda --ref-full "$@"; }
+{
+  bench --formulas sgd,asym --n-train 32 --n-eval 1000
+  bench --formulas sgd --n-train 128 --n-eval 1000
+  if [ -n "${BERT_TINY:-}" ]; then bench --model "$BERT_TINY" --formulas sgd,asym --n-train 32 --n-eval 1000; fi
+} 2>&1 | tee "$out/bench.txt"
