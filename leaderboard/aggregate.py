@@ -384,10 +384,10 @@ def _share(value: Any) -> str | None:
 
 def diagnostics_table(section: pd.DataFrame, title: str) -> Table | None:
     """View 3: the linearization diagnostics (mean over the selected seeds) of the runs that carry them."""
-    columns = diagnostic_columns(section)
-    if not columns:
+    columns = [c for c in diagnostic_columns(section) if section[c].notna().any()]
+    sub = section.dropna(subset=columns, how="all") if columns else section.iloc[0:0]
+    if sub.empty:  # no run of this section carries diagnostics: no empty table
         return None
-    sub = section.dropna(subset=columns, how="all")
     rows: list[list[Value]] = []
     for _, r in sub.iterrows():
         rows.append([row_label(r["method"], r["template"]), r["task"],

@@ -9,12 +9,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from benchmark.cli import main
 from leaderboard import build, render_board
+from leaderboard.aggregate import diagnostics_table
 from leaderboard.collect import LeaderboardError
 from tests.test_sweep import initialized_store
 
@@ -255,3 +257,15 @@ def test_html_opens_in_headless_chromium_with_tables_and_plots(store, tmp_path) 
 
     assert has_colour("#4C72B0") and has_colour("#DD8452")  # the FT and kernel bars were drawn
     assert has_colour("#E8F3E8")  # the best-cell highlight of the tables
+
+
+def test_diagnostics_view_skips_sections_and_columns_without_values() -> None:
+    section = pd.DataFrame({
+        "method": ["ft-adam", "ntk-adam"], "template": ["default", "default"], "task": ["mr", "mr"],
+        "diag_movement": [0.5, float("nan")], "diag_lin_rel_error": [float("nan"), float("nan")],
+    })
+    table = diagnostics_table(section, "diag")
+    assert table is not None and table.columns == ["method", "task", "diag_movement"]
+    assert table.rows == [["ft-adam", "mr", "0.5"]]
+    assert diagnostics_table(section.assign(diag_movement=float("nan")), "diag") is None
+    assert diagnostics_table(section.drop(columns=["diag_movement", "diag_lin_rel_error"]), "diag") is None

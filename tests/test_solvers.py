@@ -14,6 +14,7 @@ from benchmark.kernels import (
     accuracy,
     default_grid,
     get_solver,
+    one_standard_error,
     predict_labels,
     select_hyperparameters,
 )
@@ -185,7 +186,7 @@ def test_selection_picks_the_best_dev_point_and_reuses_kernels() -> None:
         seen.append(scores.shape)
         return accuracy(scores, labels)
 
-    best = select_hyperparameters("lstsq", train, y, ev, y_ev, grid=grid, metric=metric)
+    best = select_hyperparameters("lstsq", train, y, ev, y_ev, grid=grid, metric=metric, rule="best")
     assert len(best.scores) == 3 and len(seen) == 3
     assert best.dev_score == max(score for _, score in best.scores)
     first_best = next(point for point, score in best.scores if score == best.dev_score)
@@ -198,6 +199,25 @@ def test_selection_picks_the_best_dev_point_and_reuses_kernels() -> None:
     assert {(p["gamma"], p["lam"]) for p in default_grid("asym")} >= {(1.0, 0.5), (0.1, 1.0)}
     with_f0 = select_hyperparameters("lstsq", train, y, ev, y_ev)
     assert len(with_f0.scores) == len(default_grid("lstsq", with_f0=True))
+
+
+def test_one_standard_error_rule_keeps_the_first_point_close_to_the_best() -> None:
+    train, y, ev, y_ev = splits(1, n_train=12, n_eval=30, noise=0.5)
+    grid = [{"regularization": r} for r in (0.0, 1e-3, 1e-2, 1e-1)]
+    planned = iter([0.60, 0.70, 0.75, 0.50])  # dev scores by grid point, in order
+    metric = lambda scores, labels: next(planned)  # noqa: E731
+    chosen = select_hyperparameters("lstsq", train, y, ev, y_ev, grid=grid, metric=metric)
+    se = (0.75 * 0.25 / 30) ** 0.5  # 0.079: the threshold is 0.671, so 0.70 (the second point) is kept
+    assert one_standard_error(0.75, 30) == pytest.approx(se)
+    assert chosen.hyperparameters == {"regularization": 1e-3} and chosen.dev_score == 0.70
+    assert chosen.solver.hyperparameters["regularization"] == 1e-3
+    assert [score for _, score in chosen.scores] == [0.60, 0.70, 0.75, 0.50]
+    planned = iter([0.60, 0.70, 0.75, 0.50])
+    best = select_hyperparameters("lstsq", train, y, ev, y_ev, grid=grid, metric=metric, rule="best")
+    assert best.hyperparameters == {"regularization": 1e-2}
+    assert one_standard_error(1.0, 30) == 0.0 and one_standard_error(0.5, 0) == 0.0
+    with pytest.raises(BenchError, match="unknown selection rule 'median'"):
+        select_hyperparameters("lstsq", train, y, ev, y_ev, grid=grid, rule="median")
 
 
 # ---------------------------------------------------------------- bad input

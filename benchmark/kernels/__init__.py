@@ -38,6 +38,7 @@ from benchmark.kernels.solvers import (
     accuracy,
     default_grid,
     get_solver,
+    one_standard_error,
     predict_labels,
     select_hyperparameters,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "kernel_config",
     "load_reference_kernels",
     "normalize_formula",
+    "one_standard_error",
     "params_tag",
     "parse_bytes",
     "predict_labels",

@@ -50,6 +50,10 @@ class KernelOptions(MethodOptions):
     memory_budget: str | None = Field(default=None, description="peak extra memory, e.g. '4GiB' (default: auto)")
     f0: bool = Field(default=True, description="also try the initial-logit correction (f0 scaling) on dev")
     grid: list[dict[str, Any]] | None = Field(default=None, description="solver hyper-parameter grid (None: built-in)")
+    selection: Literal["one-se", "best"] = Field(
+        default="one-se",
+        description="dev selection over the grid: first setting within one standard error of the best, or the best",
+    )
     save_kernels: bool = Field(default=False, description="log the kernels as an MLflow artifact")
     load_kernels: Path | None = Field(default=None, description="folder of reference {split}_kernels_<task>.pt files")
     kernel_batch_size: int = Field(default=16, ge=1, description="examples per forward/backward pass")
@@ -229,7 +233,8 @@ class KernelMethod(Method):
 
         labels = {name: prepared.encoded[name].labels for name in SPLITS}
         selection = select_hyperparameters(
-            self.solver_name, split_of("train"), labels["train"], split_of("dev"), labels["dev"], grid=options.grid
+            self.solver_name, split_of("train"), labels["train"], split_of("dev"), labels["dev"],
+            grid=options.grid, rule=options.selection,
         )
         for i, (_, score) in enumerate(selection.scores):
             ctx.tracker.log_metrics({"solver_grid_dev_acc": score if score > float("-inf") else -1.0}, step=i)
@@ -244,6 +249,7 @@ class KernelMethod(Method):
                 metrics[key] = float(facts[key])
         params = {
             "solver": self.solver_name,
+            "solver_selection": options.selection,
             "formula": self.formula,
             "kernel_params": facts.get("kernel_params", "reference"),
             **{f"solver.{k}": v for k, v in selection.hyperparameters.items()},
