@@ -420,6 +420,16 @@ class Selection:
     scores: list[tuple[dict[str, Any], float]] = field(default_factory=list)
 
 
+SELECTION_RULES = ("one-se", "best")
+
+
+def one_standard_error(score: float, n: int) -> float:
+    """The binomial standard error ``sqrt(p (1 - p) / n)`` of a dev score p on n examples (0 if p is not in [0, 1])."""
+    if n <= 0 or not 0.0 <= score <= 1.0:
+        return 0.0
+    return math.sqrt(score * (1.0 - score) / n)
+
+
 def select_hyperparameters(
     name: str,
     train: KernelSplit,
@@ -473,12 +483,3 @@ def select_hyperparameters(
     chosen.scores = [(c.hyperparameters, c.dev_score) for c in candidates]
     return chosen
 
-
-SELECTION_RULES = ("one-se", "best")
-
-
-def one_standard_error(score: float, n: int) -> float:
-    """The binomial standard error ``sqrt(p (1 - p) / n)`` of a dev score p on n examples (0 if p is not in [0, 1])."""
-    if n <= 0 or not 0.0 <= score <= 1.0:
-        return 0.0
-    return math.sqrt(score * (1.0 - score) / n)
