@@ -373,6 +373,11 @@ def test_options_defaults_coercion_and_errors():
         FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"loss": "hinge"}))
     with pytest.raises(BenchError, match="grid point"):
         FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"grid": {"lr": [1e-5, "fast"]}}))
+    # the model is built once per run: a grid over its structure would be ignored, so it is refused
+    with pytest.raises(BenchError, match=r"grid key 'lora_r' changes the model.*bench sweep --grid lora_r=v1,v2"):
+        METHODS.get("lora-adam").from_config(
+            RunConfig(task="mr", method="lora-adam", options={"grid": {"lora_r": [4, 8]}})
+        )
 
 
 def test_methods_are_registered_with_aliases():

@@ -42,6 +42,12 @@ from benchmark.training import (
 )
 from registry import BenchError, register_method
 
+#: Options a run's own grid cannot vary: the model (head init, LoRA adapters) is built once per run,
+#: and what is recorded is per run (a sweep's grid makes one run per value instead).
+NOT_GRIDDABLE_IN_RUN = frozenset(
+    {"init_head", "probe_c", "save_model", "diagnostics", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"}
+)
+
 
 class FinetuneOptions(TrainingOptions):
     """Options shared by the fine-tuning methods (see `TrainingOptions` for the training ones)."""
@@ -64,6 +70,11 @@ class FinetuneOptions(TrainingOptions):
         for key, values in self.grid.items():
             if key not in fields:
                 raise ValueError(f"grid key '{key}' is not an option of this method (options: {', '.join(fields)})")
+            if key in NOT_GRIDDABLE_IN_RUN:  # the model is built once per run: these would be silently ignored
+                raise ValueError(
+                    f"grid key '{key}' changes the model or what the run records, not the training; set it with "
+                    f"--opt {key}=..., or make one run per value with `bench sweep --grid {key}=v1,v2`"
+                )
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid key '{key}' needs a non-empty list of values")
         if self.grid:
