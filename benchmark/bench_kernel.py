@@ -150,10 +150,6 @@ def _first_examples(batches: list[dict[str, torch.Tensor]], n: int) -> list[dict
     return out
 
 
-def _first(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, tuple) else value
-
-
 def _relative(fast: torch.Tensor, ref: torch.Tensor) -> float:
     scale = float(ref.abs().max())
     return float((fast - ref).abs().max()) / scale if scale else float((fast - ref).abs().max())

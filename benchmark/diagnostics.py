@@ -105,10 +105,6 @@ def _ratio(numerator: float, denominator: float) -> float:
     return 0.0 if numerator == 0 else math.inf
 
 
-def _sq_norm(tensors: Iterable[torch.Tensor]) -> float:
-    return float(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
-
-
 def movement(theta_0: Mapping[str, torch.Tensor], theta_ft: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """``||theta_FT - theta_0|| / ||theta_0||`` overall, per fine group and per coarse group.
 

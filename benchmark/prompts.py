@@ -391,11 +391,6 @@ class EncodedSplit:
         """The examples' guids, in order."""
         return [ex.guid for ex in self.examples]
 
-    @property
-    def max_length(self) -> int:
-        """Length of the longest encoded example (0 when empty)."""
-        return max((len(ex.input_ids) for ex in self.examples), default=0)
-
     def subset(self, indices: Sequence[int] | torch.Tensor) -> EncodedSplit:
         """A new split holding the examples at ``indices`` (in that order)."""
         if isinstance(indices, torch.Tensor):

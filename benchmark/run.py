@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -177,14 +176,3 @@ def log_result(tracker: Tracker, config: RunConfig, task: TaskSpec, result: RunR
         tracker.log_json(result.predictions, "predictions.json")
     for path in result.artifacts:
         tracker.log_artifact(path)
-
-
-def summary_row(outcome: RunOutcome) -> dict[str, Any]:
-    """One line of the per-seed summary table."""
-    return {"seed": outcome.config.seed, "run_id": outcome.run_id, **outcome.result.metrics}
-
-
-def dump_config(config: RunConfig, path: Path) -> Path:
-    """Write ``config`` as JSON (used to hand a run to launcher workers)."""
-    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2))
-    return path

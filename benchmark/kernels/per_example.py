@@ -321,11 +321,6 @@ class SparseRows:
             self.signs = torch.sign(self.values)
         return self.signs
 
-    def nbytes(self) -> int:
-        """Memory held."""
-        extra = self.signs.numel() * self.signs.element_size() if self.signs is not None else 0
-        return self.values.numel() * self.values.element_size() + extra + 16 * self.ids.numel()
-
 
 def sparse_join(
     stored: SparseRows,
@@ -485,32 +480,5 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
     scale = max((largest for _, _, largest in results), default=0.0)
     for slot, err, largest in results:
         if not math.isfinite(err) or err > 1e-3 * largest + 1e-5 * scale + 1e-30:
-            failed.append(slot)
-    return failed, captured, num_outputs
-    total = logits.sum()
-    auto = torch.autograd.grad(total, [s.tensor for s in checked], retain_graph=True, allow_unused=True)
-    outputs = rec.outputs()
-    grads = torch.autograd.grad(total, outputs, allow_unused=True) if outputs else ()
-    grad_of = {id(call.output): g for call, g in zip(rec.order, grads, strict=True)}
-    scale = max((float(a.abs().max()) for a in auto if a is not None and a.numel()), default=0.0)
-    for slot, reference in zip(checked, auto, strict=True):
-        assembled = torch.zeros_like(slot.tensor)
-        flat = assembled.reshape(-1)
-        for use in slot.uses:
-            for call in rec.calls.get(id(use.module), []):
-                go = grad_of.get(id(call.output))
-                if go is None:
-                    continue
-                if slot.sparse:
-                    _, ids, values = sparse_entries(use, call, go, size)
-                    assembled.reshape(slot.tensor.shape[0], -1).index_add_(0, ids, values)
-                else:
-                    per_example = slot.tensor.new_zeros(size, slot.numel)
-                    write_dense(use, call, go, per_example, first=True)
-                    flat += per_example.sum(0)
-        ref = reference if reference is not None else torch.zeros_like(slot.tensor)
-        err = float((assembled - ref).abs().max()) if ref.numel() else 0.0
-        tol = 1e-3 * float(ref.abs().max() if ref.numel() else 0.0) + 1e-5 * scale + 1e-30
-        if not math.isfinite(err) or err > tol:
             failed.append(slot)
     return failed, captured, num_outputs
