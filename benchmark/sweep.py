@@ -123,20 +123,15 @@ class SweepSpec(BaseModel):
     experiment: str = "kernel-bench"
     cache_dir: Path | None = None
 
-    @field_validator("tasks", "backbones", mode="before")
+    @field_validator("tasks", "backbones", "k", mode="before")
     @classmethod
-    def _names(cls, value: Any) -> Any:
+    def _lists(cls, value: Any) -> Any:
         return _as_list(value)
 
     @field_validator("templates", mode="before")
     @classmethod
     def _templates(cls, value: Any) -> Any:
         return [value] if value is None or isinstance(value, str) else value
-
-    @field_validator("k", mode="before")
-    @classmethod
-    def _ks(cls, value: Any) -> Any:
-        return _as_list(value)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -469,7 +464,6 @@ class SweepReport:
     cells: list[Cell]
     parent_run_id: str = ""
     sweep_hash: str = ""
-    interrupted: bool = False
 
     def count(self, *statuses: str) -> int:
         """Cells in any of ``statuses``."""
@@ -714,7 +708,6 @@ class Sweep:
                         if cell.status == "pending":
                             cell.status = "not run"
         except KeyboardInterrupt:
-            report.interrupted = True
             status = "KILLED"
             for cell in self.cells:
                 if cell.status in ("pending", "running", "waiting"):
