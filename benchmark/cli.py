@@ -191,6 +191,13 @@ TemplateOpt = Annotated[str | None, typer.Option("--template", help="template na
 LabelWordsOpt = Annotated[str | None, typer.Option("--label-words", help="w1,w2,... in label order or label=word")]
 BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="registered backbone, Hub id, or local path")]
 TestCapOpt = Annotated[int, typer.Option("--test-cap", help="test examples kept (0 = all)")]
+TrackingUriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")]
+CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")]
+LauncherOpt = Annotated[str, typer.Option("--launcher", help="local | deepspeed")]
+NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
+NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
+HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
+DeepspeedConfigOpt = Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")]
 
 
 @app.command("data")
@@ -286,14 +293,14 @@ def run_cmd(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
     grid: Annotated[list[str], typer.Option("--grid", help="hyper-parameter grid key=v1,v2 (repeatable)")] = [],  # noqa: B006
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")] = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="local | deepspeed")] = "local",
-    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")] = None,
-    num_nodes: Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")] = 1,
-    hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")] = None,
-    deepspeed_config: Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")] = None,
+    cache_dir: CacheDirOpt = None,
+    launcher: LauncherOpt = "local",
+    num_gpus: NumGpusOpt = None,
+    num_nodes: NumNodesOpt = 1,
+    hostfile: HostfileOpt = None,
+    deepspeed_config: DeepspeedConfigOpt = None,
     save_kernels: Annotated[bool, typer.Option("--save-kernels", help="kernel methods: log the kernels")] = False,
     load_kernels: Annotated[
         Path | None, typer.Option("--load-kernels", help="kernel methods: solve on the reference's kernel files in DIR")
@@ -375,7 +382,7 @@ def kernel_cmd(
     binary: Annotated[bool | None, typer.Option("--binary/--no-binary", help="one logit-difference output")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")] = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Compute a kernel method's kernels and save them (reference file layout) without solving."""
     from benchmark.config import RunConfig
@@ -400,7 +407,7 @@ def kernel_cmd(
 
 @app.command("ui")
 def ui_cmd(
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store")] = None,
+    tracking_uri: TrackingUriOpt = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
 ) -> None:
@@ -430,14 +437,14 @@ def sweep_cmd(
     test_cap: Annotated[int | None, typer.Option("--test-cap", help="test examples kept (0 = all)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="evaluation batch size")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda")] = None,
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")] = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="local | deepspeed")] = "local",
-    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")] = None,
-    num_nodes: Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")] = 1,
-    hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")] = None,
-    deepspeed_config: Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")] = None,
+    cache_dir: CacheDirOpt = None,
+    launcher: LauncherOpt = "local",
+    num_gpus: NumGpusOpt = None,
+    num_nodes: NumNodesOpt = 1,
+    hostfile: HostfileOpt = None,
+    deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and which are done; run nothing")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running")] = True,
@@ -476,7 +483,7 @@ def sweep_cmd(
 
 @app.command("leaderboard")
 def leaderboard_cmd(
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     k: Annotated[int | None, typer.Option("--k", help="only this k (default: every k, one section each)")] = None,
     backbone: Annotated[str | None, typer.Option("--backbone", help="only this backbone")] = None,
@@ -525,7 +532,7 @@ def leaderboard_cmd(
 @app.command("diagnose")
 def diagnose_cmd(
     run_id: Annotated[str, typer.Option("--run-id", help="MLflow run id of an ft-*/lora-* run saved with save_model")],
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="log the diagnostics into the run")] = True,
 ) -> None:
     """Kernel-regime diagnostics of an existing fine-tuning run (linearization, kernel drift, movement).
