@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from benchmark.models import PromptLogitModel
 from benchmark.prompts import PromptEncoder
 from benchmark.training import TrainingOptions, restore, snapshot, train_model
 from tests import tiny
+from tests.test_cli_e2e import invoke
 from tests.test_finetune import TEMPLATE, synthetic, write_mr
 
 CPU = torch.device("cpu")
@@ -176,20 +176,6 @@ def test_linearity_and_kernel_drift_grow_with_the_learning_rate(bert_tok, encode
 
 
 # ------------------------------------------------------------------------------ runs, CLI, leaderboard
-
-
-def invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """Run `bench ARGS` in-process; returns (exit code, stdout, stderr)."""
-    from benchmark.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["bench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _printed(out: str) -> dict[str, float]:

@@ -32,6 +32,8 @@ from benchmark.models import ClsHeadLogitModel, PromptLogitModel
 from registry import BenchError
 from tests import tiny
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROUNDOFF = 1e-9  # |g| below this (relative to the largest entry) is round-off whose sign is arbitrary
 
 
@@ -120,15 +122,6 @@ def assert_sign_close(actual: torch.Tensor, expected: torch.Tensor, ga: torch.Te
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def roberta(roberta_tok) -> dict:
     mlm = tiny.roberta_mlm(roberta_tok, seed=1).double()

@@ -18,11 +18,11 @@ from benchmark.models import ClsHeadLogitModel, PromptLogitModel
 from tests import tiny
 from tests.test_kernels import (
     NO_KEY_BIAS,
+    _data,
     assert_close,
     assert_sign_close,
     explicit_gradients,
     explicit_kernels,
-    make_batches,
 )
 
 pytestmark = [
@@ -50,13 +50,6 @@ def _spec(arch: str, bert_tok, roberta_tok) -> dict:
         cls = tok.cls_token_id
     ids = dict(vocab=len(tok), pad=tok.pad_token_id, mask=tok.mask_token_id, cls=cls)
     return {"mlm": mlm, "words": tok.convert_tokens_to_ids(words), "ids": ids}
-
-
-def _data(spec: dict, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    i = spec["ids"]
-    a = make_batches(i["vocab"], i["pad"], i["mask"], [3, 2], 10, seed, i["cls"])
-    b = make_batches(i["vocab"], i["pad"], i["mask"], [2, 4], 9, seed + 1, i["cls"])
-    return a, b
 
 
 def _on_cpu(value):

@@ -6,7 +6,6 @@ import importlib.util
 import math
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,10 +13,10 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from benchmark.cli import main
 from leaderboard import build, render_board
 from leaderboard.aggregate import diagnostics_table
 from leaderboard.collect import LeaderboardError
+from tests.test_cli_e2e import invoke
 from tests.test_sweep import initialized_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,18 +89,6 @@ def row(board, task: str, method: str, k: int = 16):
     found = agg[(agg["task"] == task) & (agg["method"] == method) & (agg["k"] == k)]
     assert len(found) == 1
     return found.iloc[0]
-
-
-def invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """Run `bench ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["bench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------------------------------- numbers

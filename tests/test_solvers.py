@@ -21,6 +21,8 @@ from benchmark.kernels import (
 from benchmark.kernels.solvers import flatten, target_matrix
 from registry import BenchError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def gradients(labels: torch.Tensor, num_outputs: int, dim: int, noise: float, seed: int) -> torch.Tensor:
     """Toy per-logit 'gradients' ``[N, C, C * dim]``: logit c lives in block c, classes are separable."""
@@ -72,15 +74,6 @@ def splits(
 
 
 # ---------------------------------------------------------------- closed forms
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("num_outputs", [1, 3])
 def test_lstsq_closed_form_with_regularization_and_f0(num_outputs) -> None:
     train, y, ev, _ = splits(num_outputs, logits=True)

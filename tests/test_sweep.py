@@ -19,8 +19,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from benchmark.cli import main
 from benchmark.sweep import FileLock, SweepSpec, expand_cells, load_sweep_file, open_store, spec_from_cli
+from tests.test_cli_e2e import invoke
 
 REPO = Path(__file__).resolve().parents[1]
 POSITIVE = "great fun loved good best".split()
@@ -123,18 +123,6 @@ def sweep_args(ws: dict[str, str], *, uri: str | None = None, methods: str = MET
     if "pause-probe" in methods:
         args += ["--opt", f"pause-probe:pause={pause}"]
     return args
-
-
-def invoke(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """Run `bench ARGS` in-process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["bench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def spawn(args: list[str]) -> subprocess.Popen[str]:
