@@ -1,0 +1,164 @@
+"""Run lifecycle: who owns a RUNNING run, whether that process still lives, and closing runs it left behind.
+
+Every run records its owner as tags when it starts (`owner_tags`): the host, the process id and the
+process's start time (so that a reused pid is not mistaken for the owner). `owner_state` reads them
+back: ``alive`` / ``dead`` can only be told on the owner's host; a run from another host is
+``elsewhere`` and a run without the tags (made before they existed, or by plain MLflow) ``unknown``.
+`bench doctor` and the sweep's stale-run check use it; `sigterm_as_interrupt` turns SIGTERM into the
+same clean stop as Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+OwnerState = Literal["alive", "dead", "elsewhere", "unknown"]
+HOST_TAG, PID_TAG, START_TAG = "owner_host", "owner_pid", "owner_start"
+REASON_TAG = "stale_reason"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so every ``except KeyboardInterrupt`` cleanup runs for it too."""
+
+
+@cache
+def host_id() -> str:
+    """This host's name, plus its boot id where Linux has one (pids restart at every boot)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}" if boot else socket.gethostname()
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), '' off Linux, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name in parentheses may hold spaces
+    if fields and fields[0] == "Z":  # a zombie has finished; only its exit status is left
+        return None
+    return fields[19] if len(fields) > 19 else ""
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that name this process as a run's owner."""
+    pid = os.getpid()
+    return {HOST_TAG: host_id(), PID_TAG: str(pid), START_TAG: process_start(pid) or ""}
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (a zombie counts as gone)."""
+    if process_start(pid) is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def owner_state(tags: dict[str, str]) -> OwnerState:
+    """Whether the process that started a run (by its owner tags) still runs."""
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG, "")
+    if not host or not pid.isdigit():
+        return "unknown"
+    if host != host_id():
+        return "elsewhere"
+    start = process_start(int(pid))
+    if start is None or not pid_alive(int(pid)):
+        return "dead"
+    recorded = tags.get(START_TAG, "")
+    if recorded and start and recorded != start:
+        return "dead"  # the pid was reused by a later process
+    return "alive"
+
+
+@dataclass
+class OpenRun:
+    """A RUNNING run of the store, with its owner's state."""
+
+    run_id: str
+    experiment: str
+    name: str
+    start_ms: int
+    owner: str
+    state: OwnerState
+
+    def age_hours(self, now: float | None = None) -> float:
+        """Hours since the run started."""
+        return ((now or time.time()) * 1000 - self.start_ms) / 3.6e6
+
+
+def open_runs(client: Any, experiment_ids: list[str], names: dict[str, str] | None = None) -> list[OpenRun]:
+    """Every RUNNING run of ``experiment_ids`` with its owner's state (oldest first)."""
+    found: list[OpenRun] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000,
+                                  page_token=token)
+        for run in page:
+            tags = run.data.tags
+            owner = f"pid {tags[PID_TAG]} on {tags[HOST_TAG]}" if tags.get(PID_TAG) else "unknown"
+            found.append(OpenRun(run_id=run.info.run_id, experiment=(names or {}).get(run.info.experiment_id, ""),
+                                 name=tags.get("mlflow.runName", ""), start_ms=run.info.start_time or 0,
+                                 owner=owner, state=owner_state(tags)))
+        token = page.token
+        if not token:
+            return sorted(found, key=lambda r: r.start_ms)
+
+
+def close_stale(client: Any, run_id: str, reason: str, status: str = "FAILED") -> None:
+    """Close a run whose owner is gone: tag why, then set ``status`` (FAILED by default)."""
+    with contextlib.suppress(Exception):  # the status matters more than the note
+        client.set_tag(run_id, REASON_TAG, reason)
+    client.set_terminated(run_id, status=status)
+
+
+def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of ``experiment_id`` whose owner died on this host; returns their ids."""
+    closed = []
+    for run in open_runs(client, [experiment_id]):
+        if run.state == "dead":
+            close_stale(client, run.run_id, f"its process ({run.owner}) is gone")
+            closed.append(run.run_id)
+    return closed
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block the first SIGTERM raises `Terminated` (a KeyboardInterrupt); later ones are ignored
+    so that the cleanup it starts is not cut short. Outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
