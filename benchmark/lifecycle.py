@@ -162,3 +162,42 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class DoctorFinding:
+    """One RUNNING run that `doctor` looked at, and what it did (or would do) about it."""
+
+    run: OpenRun
+    action: str
+    fixed: bool = False
+
+
+def doctor(client: Any, experiment_ids: dict[str, str], *, older_than_hours: float | None = None,
+           fix: bool = True) -> list[DoctorFinding]:
+    """Look at every RUNNING run of ``experiment_ids`` (id -> name) and close the stale ones as FAILED.
+
+    Stale: the owner process is gone (checked on its host only), or -- with ``older_than_hours`` -- a
+    run from another host, or without owner tags, that started more than that many hours ago. A run
+    whose owner is alive is never touched. With ``fix=False`` nothing is changed (a dry run).
+    """
+    findings = []
+    now = time.time()
+    for run in open_runs(client, list(experiment_ids), experiment_ids):
+        reason = None
+        if run.state == "alive":
+            action = "left: its process is alive"
+        elif run.state == "dead":
+            reason = f"its process ({run.owner}) is gone"
+        elif older_than_hours is not None and run.age_hours(now) >= older_than_hours:
+            where = "owner on another host" if run.state == "elsewhere" else "owner unknown"
+            reason = f"{where}, started {run.age_hours(now):.1f} h ago (--older-than {older_than_hours:g})"
+        else:
+            where = "on another host: check there" if run.state == "elsewhere" else "unknown (no owner tags)"
+            action = f"left: owner {where}, or pass --older-than HOURS"
+        if reason is not None:
+            if fix:
+                close_stale(client, run.run_id, f"bench doctor: {reason}")
+            action = ("marked FAILED: " if fix else "would mark FAILED: ") + reason
+        findings.append(DoctorFinding(run=run, action=action, fixed=fix and reason is not None))
+    return findings

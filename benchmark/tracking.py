@@ -23,6 +23,9 @@ CACHE_ENV = "KERNEL_BENCH_CACHE"
 STORE_LOCK_TIMEOUT_S = 300.0
 HTTP_PROBE_TIMEOUT_S = 3.0
 SQLITE_HEADER = b"SQLite format 3\x00"
+# The store schemes MLflow knows (``postgresql+psycopg2`` etc. count by their part before the '+').
+STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                 "databricks-uc", "uc")
 DOCTOR_HINT = "`bench doctor` marks it FAILED once its process is gone"
 
 
@@ -84,6 +87,9 @@ def check_store(uri: str) -> None:
     """Refuse, in one line and at once, a store that cannot work: a SQLite path that is not an SQLite file,
     or an HTTP server that does not answer (MLflow would retry for minutes)."""
     scheme = urllib.parse.urlparse(uri).scheme
+    if scheme.split("+")[0] not in STORE_SCHEMES and len(scheme) > 1:  # one letter: a Windows drive
+        raise BenchError(f"--tracking-uri {uri}: unsupported scheme '{scheme}'; use sqlite:///PATH/mlflow.db, "
+                         "http(s)://HOST:PORT or a database URI MLflow supports")
     db = sqlite_path(uri)
     if db is not None and db.is_file() and db.stat().st_size > 0:
         with db.open("rb") as handle:
@@ -106,10 +112,6 @@ def check_store(uri: str) -> None:
 
 def store_error(uri: str, exc: BaseException) -> BenchError:
     """A one-line `BenchError` for an exception MLflow raised on the store ``uri``."""
-    if isinstance(exc, KeyError):  # MLflow's store registry has no builder for the scheme
-        scheme = urllib.parse.urlparse(uri).scheme or uri
-        return BenchError(f"--tracking-uri {uri}: unsupported scheme '{scheme}'; use sqlite:///PATH/mlflow.db, "
-                          "http(s)://HOST:PORT or a database URI MLflow supports")
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     return BenchError(f"cannot use MLflow tracking store '{uri}': {first}")
