@@ -101,17 +101,6 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _by_sigterm(exc: BaseException) -> bool:
-    from benchmark.lifecycle import Terminated
-
-    seen: BaseException | None = exc
-    while seen is not None:  # click turns the interrupt into Abort "from" it
-        if isinstance(seen, Terminated):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def main() -> None:
     """Entry point of the ``bench`` console script: user errors print one line and exit 2.
 
@@ -126,11 +115,20 @@ def main() -> None:
         _main()
 
 
+TERMINATED_LINE = "terminated (SIGTERM): the run in progress is marked KILLED"
+
+
 def _main() -> None:
+    from benchmark.lifecycle import acknowledge_interrupt, sigterm_received
+
     try:
         # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
+            if code == 130 and sigterm_received():
+                acknowledge_interrupt()
+                err_console.print(TERMINATED_LINE, highlight=False)
+                sys.exit(143)
             sys.exit(code)
     except BenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -138,9 +136,10 @@ def _main() -> None:
     except ValidationError as exc:
         err_console.print(f"[bold red]error:[/] {_validation_message(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt) as exc:
-        if _by_sigterm(exc):
-            err_console.print("terminated (SIGTERM): the run in progress is marked KILLED", highlight=False)
+    except (typer.Abort, KeyboardInterrupt):
+        acknowledge_interrupt()
+        if sigterm_received():
+            err_console.print(TERMINATED_LINE, highlight=False)
             sys.exit(143)
         err_console.print("aborted")
         sys.exit(130)

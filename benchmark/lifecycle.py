@@ -142,26 +142,55 @@ def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
     return closed
 
 
+_SIGTERM = {"fired": False, "caught": False}
+REDELIVER_S = 1.0
+
+
+def acknowledge_interrupt() -> None:
+    """Say that a Ctrl-C / SIGTERM interrupt reached a handler that cleans up (``except KeyboardInterrupt``):
+    from now on further SIGTERMs are ignored, so that they cannot cut that cleanup short."""
+    if _SIGTERM["fired"]:
+        _SIGTERM["caught"] = True
+
+
+def sigterm_received() -> bool:
+    """True once SIGTERM arrived inside `sigterm_as_interrupt`."""
+    return _SIGTERM["fired"]
+
+
+def _redeliver() -> None:
+    # Python ignores an exception raised in a __del__ or weakref callback ("Exception ignored in ..."):
+    # a signal that lands there would be lost. Until a cleanup handler has seen it, raise it again.
+    import _thread
+
+    while _SIGTERM["fired"] and not _SIGTERM["caught"]:
+        time.sleep(REDELIVER_S)
+        if _SIGTERM["fired"] and not _SIGTERM["caught"]:
+            _thread.interrupt_main(signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block the first SIGTERM raises `Terminated` (a KeyboardInterrupt); later ones are ignored
-    so that the cleanup it starts is not cut short. Outside the main thread nothing changes."""
+    """Within the block SIGTERM raises `Terminated` (a KeyboardInterrupt) until a cleanup handler calls
+    `acknowledge_interrupt`; later SIGTERMs are ignored. Outside the main thread nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = False
 
     def handler(signum: int, frame: Any) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise Terminated
+        if _SIGTERM["caught"]:
+            return
+        if not _SIGTERM["fired"]:
+            _SIGTERM["fired"] = True
+            threading.Thread(target=_redeliver, name="sigterm-redeliver", daemon=True).start()
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _SIGTERM["fired"] = _SIGTERM["caught"] = False
 
 
 @dataclass

@@ -347,6 +347,9 @@ def tracked(tracker: Tracker) -> Iterator[Tracker]:
     try:
         yield tracker
     except KeyboardInterrupt:
+        from benchmark.lifecycle import acknowledge_interrupt
+
+        acknowledge_interrupt()
         close_run(tracker, "KILLED")
         raise
     except BaseException as exc:

@@ -177,7 +177,7 @@ def stream(command: list[str], env: dict[str, str]) -> int:
     launcher and every worker -- is interrupted, then terminated, then killed, until no process of it is
     left, and the interrupt is re-raised (as `Terminated` for SIGTERM) so that the run is closed as KILLED.
     """
-    from benchmark.lifecycle import sigterm_as_interrupt
+    from benchmark.lifecycle import acknowledge_interrupt, sigterm_as_interrupt
 
     with sigterm_as_interrupt():
         process = subprocess.Popen(
@@ -191,6 +191,7 @@ def stream(command: list[str], env: dict[str, str]) -> int:
                 sys.stdout.flush()
             return process.wait()
         except KeyboardInterrupt:
+            acknowledge_interrupt()
             stop_group(process)
             raise
         finally:
