@@ -142,7 +142,7 @@ def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
     return closed
 
 
-_SIGTERM = {"fired": False, "caught": False}
+_SIGTERM = {"fired": False, "caught": False, "depth": 0}
 REDELIVER_S = 1.0
 
 
@@ -186,11 +186,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _SIGTERM["depth"] += 1
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _SIGTERM["fired"] = _SIGTERM["caught"] = False
+        _SIGTERM["depth"] -= 1
+        if not _SIGTERM["depth"]:  # nested blocks (the CLI's, the DeepSpeed parent's) share one state
+            _SIGTERM["fired"] = _SIGTERM["caught"] = False
 
 
 @dataclass

@@ -42,7 +42,6 @@ def _wait_for(predicate, process: subprocess.Popen[str], timeout: float, what: s
         if process.poll() is not None:
             pytest.fail(f"the process ended before {what}: {process.communicate()}")
         if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.2)
 
@@ -77,30 +76,55 @@ def test_sigterm_to_bench_run_marks_the_run_killed_and_exits_143(tmp_path, tiny_
     assert group_members(process.pid) == []
 
 
+def descendants(pid: int) -> list[int]:
+    """Live processes below ``pid`` in the process tree (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+                if fields[0] != "Z":
+                    children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_deepspeed_parent_stops_launcher_and_workers(tmp_path, tiny_bert_dir) -> None:
-    """Two CPU ranks (gloo): SIGTERM to the parent leaves no process of the launcher's group and no RUNNING run."""
-    args = _training_args(tmp_path, tiny_bert_dir, "--launcher", "deepspeed", "--num-gpus", "2")
+    """Two CPU ranks (gloo): SIGTERM to the parent leaves no launcher or worker process and no RUNNING run."""
+    args = _training_args(tmp_path, tiny_bert_dir, "--launcher", "deepspeed", "--num-gpus", "2",
+                          "--opt", "eval_every=20")
     uri = args[args.index("--tracking-uri") + 1]
-    process = _spawn("from benchmark.cli import main; main()", *args)
+    log = tmp_path / "bench.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    with log.open("w") as handle:  # a file, not a pipe nobody reads: the parent streams all worker output
+        process = subprocess.Popen([sys.executable, "-c", "from benchmark.cli import main; main()", *args], env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     started: list[int] = []
 
-    def training() -> bool:  # the launcher's group (the parent's session) holds the launcher and both workers
-        started[:] = [pid for pid in group_members(process.pid) if pid != process.pid]
-        return len(started) >= 3 and any(r.info.status == "RUNNING" for r in _runs(uri))
+    def training() -> bool:  # the launcher and both workers run (ranks log train/loss only while training)
+        started[:] = descendants(process.pid)
+        runs = _runs(uri)
+        return len(started) >= 3 and bool(runs) and bool(MlflowClient(uri).get_metric_history(runs[0].info.run_id,
+                                                                                               "train/loss"))
 
     try:
-        _wait_for(training, process, 300, "the DeepSpeed workers started")
-        time.sleep(3.0)
+        _wait_for(training, process, 400, "the DeepSpeed workers trained")
+        assert {r.info.status for r in _runs(uri)} == {"RUNNING"}
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=90)
+        process.wait(timeout=90)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 143, err[-3000:]
-    assert "terminated (SIGTERM)" in err
+        for pid in [process.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    output = log.read_text()
+    assert process.returncode == 143, output[-3000:]
+    assert "terminated (SIGTERM)" in output
     assert [r.info.status for r in _runs(uri)] == ["KILLED"]
-    assert group_members(process.pid) == []
     assert [pid for pid in started if pid_alive(pid)] == []  # launcher and workers gone, none orphaned
 
 
