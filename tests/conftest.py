@@ -3,7 +3,8 @@
 The suite never writes outside temporary directories: every test runs in its own ``tmp_path`` as the
 current directory, with ``MLFLOW_TRACKING_URI`` and the kernel-bench cache there, and the session runs
 with ``HOME`` in a temporary directory. At the end the session fails if the checkout got a new file
-(ignored ones such as ``mlruns/`` included; bytecode excepted) or the real ``~/.cache/kernel-bench`` changed.
+(ignored ones such as ``mlruns/`` included; bytecode excepted) and warns if the real ``~/.cache/kernel-bench``
+changed.
 """
 
 from __future__ import annotations
@@ -111,16 +112,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the session if the tests wrote into the checkout or into the real kernel-bench cache."""
+    """Fail the session if the tests wrote into the checkout; warn if the real kernel-bench cache changed
+    (other processes on the machine may write there, so that is not proof against the suite)."""
     if "checkout" not in _SNAPSHOT:
         return
     before, after = _SNAPSHOT["checkout"], checkout_files()
     new = sorted(after - before) if isinstance(before, set) and after is not None else []
     changed = sorted(path for path, _ in cache_files() - _SNAPSHOT["cache"])  # type: ignore[operator]
-    if new or changed:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = (f"the test suite wrote outside its temporary directories: new in the checkout {new[:10]}, "
-                   f"in {REAL_CACHE}: {changed[:10]}")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if changed and reporter is not None:
+        reporter.write_line(f"warning: {REAL_CACHE} changed during the tests (by them or another process): "
+                            f"{changed[:5]}", yellow=True)
+    if new:
         if reporter is not None:
-            reporter.write_line(f"ERROR: {message}", red=True)
+            reporter.write_line(f"ERROR: the test suite wrote into the checkout {REPO}: {new[:10]}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

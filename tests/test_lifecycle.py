@@ -234,3 +234,28 @@ def test_the_next_run_closes_runs_left_by_dead_processes(tmp_path, capsys) -> No
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     err = capsys.readouterr().err
     assert f"marked 1 run(s) FAILED that were left RUNNING by processes that are gone ({dead})" in err
+
+
+def test_the_sweep_closes_stale_cell_runs_but_not_one_whose_owner_is_alive(tmp_path, tiny_bert_dir) -> None:
+    from benchmark.sweep import Sweep, expand_cells, open_store, spec_from_cli
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data = write_mr_fixture(tmp_path / "data")
+    spec = spec_from_cli(None, {"tasks": "mr", "methods": "zero-shot", "k": "4", "seeds": [13, 21],
+                                "backbones": str(tiny_bert_dir), "data_dir": str(data), "tracking_uri": uri,
+                                "cache_dir": str(tmp_path / "cache"), "test_cap": 8}, [], [])
+    cells = expand_cells(spec, tracking_uri=uri)
+    store = open_store(uri, "kernel-bench")
+    assert store is not None
+    # Seed 13: a RUNNING run of a live process (this one, e.g. a plain `bench run` of the same config).
+    live = Tracker.start(tracking_uri=uri, experiment="kernel-bench", run_name="live",
+                         tags={"config_hash": cells[0].hash}, parent_run_id="none").run_id
+    # Seed 21: a RUNNING run whose process is gone (a reused pid: same pid, another start time).
+    dead_tags = {**owner_tags(), START_TAG: "1", "config_hash": cells[1].hash}
+    dead = store.client.create_run(store.experiment_id, tags=dead_tags).info.run_id
+    report = Sweep(cells, store).run()
+    assert report.ok
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(live).info.status == "RUNNING"
+    assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(dead).data.tags["stale_reason"] == "stale: its process died (lock free)"

@@ -146,3 +146,16 @@ def test_bad_tracking_stores_fail_in_one_line_quickly(make_uri, message, tmp_pat
     assert code == 2, out + err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "garbage.db").read_bytes() == bytes(range(256)) * 8  # left as it was
+
+
+def test_the_suite_runs_away_from_the_checkout_and_the_users_cache(tmp_path) -> None:
+    """The autouse isolation of tests/conftest.py: cwd, default store and default cache under tmp_path."""
+    from benchmark.config import RunConfig
+    from benchmark.tracking import default_cache_dir, default_tracking_uri
+    from tests.conftest import REAL_CACHE, REPO
+
+    assert Path.cwd() == tmp_path
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert default_cache_dir() == tmp_path / "kernel-bench-cache"
+    cache = RunConfig(task="mr", method="zero-shot").resolved_cache_dir()
+    assert REAL_CACHE not in (cache, *cache.parents) and REPO not in cache.parents
