@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -185,12 +186,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
             threading.Thread(target=_redeliver, name="sigterm-redeliver", daemon=True).start()
         raise Terminated
 
+    previous_hook = sys.unraisablehook
+
+    def quiet_swallowed(unraisable: Any) -> None:  # `_redeliver` raises it again: no "Exception ignored" noise
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGTERM, handler)
+    sys.unraisablehook = quiet_swallowed
     _SIGTERM["depth"] += 1
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
         _SIGTERM["depth"] -= 1
         if not _SIGTERM["depth"]:  # nested blocks (the CLI's, the DeepSpeed parent's) share one state
             _SIGTERM["fired"] = _SIGTERM["caught"] = False

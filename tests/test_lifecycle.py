@@ -93,6 +93,37 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+SWALLOWED = textwrap.dedent("""
+    import os, signal, time, weakref
+    from benchmark.lifecycle import Terminated, sigterm_as_interrupt
+
+    class Thing:
+        pass
+
+    def callback(ref):  # Python ignores what a weakref callback raises ("Exception ignored in ...")
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10000):
+            pass
+        print("callback done", flush=True)
+
+    with sigterm_as_interrupt():
+        try:
+            thing = Thing()
+            ref = weakref.ref(thing, callback)
+            del thing
+            time.sleep(10)
+            print("not interrupted")
+        except Terminated:
+            print("terminated")
+""")
+
+
+def test_a_sigterm_that_python_swallowed_is_raised_again_quietly() -> None:
+    process = _spawn(SWALLOWED)
+    out, err = process.communicate(timeout=60)
+    assert out.split() == ["terminated"] and err == "", (out, err)  # the callback was cut short, no noise
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_deepspeed_parent_stops_launcher_and_workers(tmp_path, tiny_bert_dir) -> None:
     """Two CPU ranks (gloo): SIGTERM to the parent leaves no launcher or worker process and no RUNNING run."""
