@@ -175,12 +175,12 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backb
 
 def _task_and_splits(task: str, task_file: Path | None, k: int, seed: int, data_dir: Path | None, test_cap: int):
     from benchmark.config import RunConfig
-    from benchmark.run import load_config_splits, resolve_task
+    from benchmark.run import load_config_splits, resolve_run
 
     config = RunConfig(task=task, task_file=task_file, method="zero-shot", k=k, seed=seed,
                        data_dir=data_dir, test_cap=test_cap)
-    spec = resolve_task(config)
-    return spec, load_config_splits(config, spec)
+    run = resolve_run(config, check_tokenizer=False)
+    return run.task, load_config_splits(run)
 
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="registered task name")]
@@ -387,7 +387,7 @@ def kernel_cmd(
     """Compute a kernel method's kernels and save them (reference file layout) without solving."""
     from benchmark.config import RunConfig
     from benchmark.methods.kernel import KernelMethod, export_kernels
-    from benchmark.run import build_context, resolve_method
+    from benchmark.run import build_context, resolve_run
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
@@ -395,11 +395,12 @@ def kernel_cmd(
                        data_dir=data_dir, template=template, label_words=parse_label_words(label_words),
                        test_cap=test_cap, binary=binary, device=device, cache_dir=cache_dir,
                        options=parse_options(opt, []))
-    kernel_method = resolve_method(config)
+    run = resolve_run(config)
+    kernel_method = run.method
     if not isinstance(kernel_method, KernelMethod):
         raise BenchError(f"'{method}' is not a kernel method; use ntk-sgd, ntk-signgd, ntk-adam, lora-ntk-sgd or "
                          "lora-ntk-adam")
-    with build_context(config) as ctx:
+    with build_context(run) as ctx:
         paths = export_kernels(kernel_method, ctx, out)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
