@@ -29,7 +29,7 @@ from benchmark.kernels import (
     select_hyperparameters,
     select_parameters,
 )
-from benchmark.kernels.cache import load_reference_kernels, reference_kernel_path
+from benchmark.kernels.cache import ReferenceKernels, load_reference_kernels, reference_kernel_path
 from benchmark.kernels.memory import PeakMemory, parse_bytes
 from benchmark.kernels.ntk import initial_logits, normalize_formula
 from benchmark.kernels.params import params_predicate, params_tag
@@ -152,13 +152,11 @@ class KernelMethod(Method):
             for path in self.reference_files(run).values():
                 load_reference_kernels(path, formula=self.formula)
 
-    def check_inputs(self, run: ResolvedRun, splits: Splits) -> None:
-        """``--load-kernels``: each file's sizes and labels fit this run's splits."""
-        options: KernelOptions = self.options  # type: ignore[assignment]
-        if options.load_kernels is None:
-            return
+    def read_reference(self, run: ResolvedRun, splits: Splits) -> dict[str, ReferenceKernels]:
+        """The ``--load-kernels`` files of each split, checked against this run's split sizes and labels."""
         n_train = len(splits.train)
         outputs = 1 if run.binary else run.task.num_labels
+        kernels = {}
         for split, path in self.reference_files(run).items():
             examples = getattr(splits, split)
             ref = load_reference_kernels(path, formula=self.formula, n_train=n_train, n_examples=len(examples),
@@ -166,6 +164,14 @@ class KernelMethod(Method):
             if ref.labels.tolist() != [example.label for example in examples]:
                 raise BenchError(f"the labels in {path} do not match this run's {split} split: the kernel was "
                                  "computed for another task, k or seed")
+            kernels[split] = ref
+        return kernels
+
+    def check_inputs(self, run: ResolvedRun, splits: Splits) -> None:
+        """``--load-kernels``: each file's sizes and labels fit this run's splits (before the run exists)."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        if options.load_kernels is not None:
+            self.read_reference(run, splits)
 
     def identity_extra(self, run: ResolvedRun) -> dict[str, Any]:
         """Loaded kernels count by their files' contents."""
@@ -272,16 +278,10 @@ class KernelMethod(Method):
             per_formula[formula] = tensors
         return per_formula[self.formula], facts
 
-    def load_reference(self, ctx: RunContext, prepared: Prepared) -> dict[str, torch.Tensor]:
-        """The reference's pre-computed kernels, validated against this run's splits."""
+    def load_reference(self, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """The reference's pre-computed kernels of this run, as the tensors the solver takes."""
         tensors: dict[str, torch.Tensor] = {}
-        n_train = len(prepared.encoded["train"])
-        for split, path in self.reference_files(ctx.run).items():
-            ref = load_reference_kernels(path, formula=self.formula, n_train=n_train,
-                                         n_examples=len(prepared.encoded[split]), num_outputs=prepared.num_outputs)
-            if not torch.equal(ref.labels, prepared.encoded[split].labels):
-                raise BenchError(f"the labels in {path} do not match this run's {split} split: the kernel was "
-                                 "computed for another task, k or seed")
+        for split, ref in self.read_reference(ctx.run, ctx.splits).items():
             tensors[f"{split}_kernel"] = ref.kernel
             if ref.flipped is not None:
                 tensors[f"{split}_flipped"] = ref.flipped
@@ -292,7 +292,7 @@ class KernelMethod(Method):
         options: KernelOptions = self.options  # type: ignore[assignment]
         prepared = self.prepare_model(ctx)
         if options.load_kernels is not None:
-            tensors, facts = self.load_reference(ctx, prepared), {"kernel_source": "reference"}
+            tensors, facts = self.load_reference(ctx), {"kernel_source": "reference"}
         else:
             tensors, facts = self.compute_kernels(ctx, prepared)
         use_f0 = options.f0 and "train_logits" in tensors
