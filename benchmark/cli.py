@@ -102,13 +102,33 @@ def _quiet_libraries() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``bench`` console script: user errors print one line and exit 2."""
+    """Entry point of the ``bench`` console script: user errors print one line and exit 2.
+
+    SIGTERM (``timeout``, ``kill``, SLURM, ``docker stop``) stops as Ctrl-C does: the run in progress is
+    closed as KILLED, one line on stderr, exit 143 (130 for Ctrl-C).
+    """
+    from benchmark.lifecycle import sigterm_as_interrupt
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
+    with sigterm_as_interrupt():
+        _main()
+
+
+TERMINATED_LINE = "terminated (SIGTERM): the run in progress is marked KILLED"
+
+
+def _main() -> None:
+    from benchmark.lifecycle import acknowledge_interrupt, sigterm_received
+
     try:
         # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
+            if code == 130 and sigterm_received():
+                acknowledge_interrupt()
+                err_console.print(TERMINATED_LINE, highlight=False)
+                sys.exit(143)
             sys.exit(code)
     except BenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -117,6 +137,10 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {_validation_message(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
+        acknowledge_interrupt()
+        if sigterm_received():
+            err_console.print(TERMINATED_LINE, highlight=False)
+            sys.exit(143)
         err_console.print("aborted")
         sys.exit(130)
     except typer.Exit as exc:
@@ -548,6 +572,52 @@ def diagnose_cmd(
         console.print(line, highlight=False)
     if log:
         console.print(f"logged to run {run_id}", highlight=False)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    tracking_uri: TrackingUriOpt = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="only this experiment (default: all)")] = None,
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", help="also close runs of other hosts / unknown owners started more than HOURS ago")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be fixed; change nothing")] = False,
+) -> None:
+    """Find runs left RUNNING by processes that are gone (killed, store failed) and mark them FAILED.
+
+    The owner (host, pid) is a tag of every run: on its own host a dead owner is certain; runs of other
+    hosts (or from before the tags) are only listed, unless ``--older-than`` says they are stale.
+    """
+    from benchmark.lifecycle import doctor
+    from benchmark.tracking import default_tracking_uri, open_client, sqlite_path
+
+    uri = tracking_uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise BenchError(f"no MLflow store at {db}; pass the store with --tracking-uri")
+    client, uri = open_client(uri)
+    experiments = {str(e.experiment_id): e.name for e in client.search_experiments(max_results=50000)}
+    if experiment is not None:
+        experiments = {i: name for i, name in experiments.items() if name == experiment}
+        if not experiments:
+            raise BenchError(f"no experiment '{experiment}' in {uri}")
+    findings = doctor(client, experiments, older_than_hours=older_than, fix=not dry_run)
+    if not findings:
+        console.print(f"no RUNNING runs in {uri}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"RUNNING runs in {uri}")
+    for column in ("run id", "experiment", "name", "started", "owner", "action"):
+        table.add_column(column)
+    import datetime
+
+    for finding in findings:
+        run = finding.run
+        started = datetime.datetime.fromtimestamp(run.start_ms / 1000).strftime("%Y-%m-%d %H:%M")
+        table.add_row(run.run_id, run.experiment, run.name, started, run.owner, finding.action)
+    console.print(table)
+    fixed = sum(f.fixed for f in findings)
+    console.print(f"{fixed} of {len(findings)} RUNNING run(s) marked FAILED" if not dry_run else
+                  f"dry run: {sum('would mark' in f.action for f in findings)} of {len(findings)} would be marked "
+                  "FAILED", highlight=False)
 
 
 if __name__ == "__main__":

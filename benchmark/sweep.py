@@ -630,11 +630,13 @@ class Sweep:
             cell.metrics = dict(finished[0].data.metrics)
             self.display.cell_done(cell, note="finished meanwhile by another process")
             return
+        from benchmark.lifecycle import close_stale, owner_state
+
         for run in runs:
-            if run.info.status in ("RUNNING", "SCHEDULED"):
-                # We hold the cell's lock, so the process that started this run is gone.
-                self.store.client.set_tag(run.info.run_id, "killed_reason", "stale: its process died (lock free)")
-                self.store.client.set_terminated(run.info.run_id, status="KILLED")
+            # We hold the cell's lock, so no sweep runs this cell; a run whose owner is alive on this host
+            # (e.g. a plain `bench run` of the same config) is left alone, any other is stale.
+            if run.info.status in ("RUNNING", "SCHEDULED") and owner_state(run.data.tags) != "alive":
+                close_stale(self.store.client, run.info.run_id, "stale: its process died (lock free)", "KILLED")
         cell.status = "running"
         self.display.cell_started(cell)
         start = time.perf_counter()

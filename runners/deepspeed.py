@@ -14,6 +14,7 @@ Without CUDA (or with ``DS_ACCELERATOR=cpu``) the workers are CPU processes talk
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 from benchmark.config import RunConfig
 from benchmark.methods.base import RunResult
 from benchmark.run import RunOutcome, resolve_method, start_tracker
-from benchmark.tracking import Tracker, default_tracking_uri
+from benchmark.tracking import DOCTOR_HINT, Tracker, close_run, default_tracking_uri
 from benchmark.training import TrainingOptions, check_global_batch
 from registry import BenchError
 from runners import LaunchOptions
@@ -172,34 +173,71 @@ def launcher_command(
 def stream(command: list[str], env: dict[str, str]) -> int:
     """Run ``command``, copying its output (stdout and stderr) line by line to ours; returns its exit code.
 
-    On Ctrl-C the launcher's process group is interrupted, then terminated, and the interrupt re-raised.
+    The launcher runs in its own process group (session). On Ctrl-C or SIGTERM that whole group -- the
+    launcher and every worker -- is interrupted, then terminated, then killed, until no process of it is
+    left, and the interrupt is re-raised (as `Terminated` for SIGTERM) so that the run is closed as KILLED.
     """
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-        bufsize=1, env=env, start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        return process.wait()
-    except KeyboardInterrupt:
-        _stop(process)
-        raise
+    from benchmark.lifecycle import acknowledge_interrupt, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+            errors="replace", bufsize=1, env=env, start_new_session=True,
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            return process.wait()
+        except KeyboardInterrupt:
+            acknowledge_interrupt()
+            stop_group(process)
+            raise
+        finally:
+            if process.stdout is not None:
+                process.stdout.close()
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc (Linux)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _group_gone(process: subprocess.Popen[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        process.poll()  # reap the launcher itself
+        gone = not group_members(process.pid) if Path("/proc").is_dir() else process.returncode is not None
+        if gone:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def stop_group(process: subprocess.Popen[str]) -> None:
+    """Stop the launcher's process group: SIGINT, then SIGTERM, then SIGKILL, waiting after each until no
+    process of the group is left (workers orphaned by a launcher that exits first included)."""
     for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        if _group_gone(process, wait):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
@@ -227,8 +265,8 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
                                    worker_args=worker_args)
         try:
             code = stream(command, env)
-        except KeyboardInterrupt:
-            tracker.finish("KILLED")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the launcher's group is stopped by now
+            close_run(tracker, "KILLED")
             raise
         except BaseException as exc:
             _fail(tracker, f"{type(exc).__name__}: {exc}")
@@ -240,14 +278,14 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
         message = first or f"the DeepSpeed workers failed with exit code {code}; see their output above"
         _fail(tracker, message)
         raise BenchError(message)
-    tracker.finish("FINISHED")
+    if not close_run(tracker, "FINISHED"):
+        raise BenchError(f"the MLflow store failed while closing run {tracker.run_id}; {DOCTOR_HINT}")
     result = _result_from(reported, tracker)
     return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
 
 
 def _fail(tracker: Tracker, message: str) -> None:
-    tracker.set_tags({"error": message[:5000]})
-    tracker.finish("FAILED")
+    close_run(tracker, "FAILED", message)
 
 
 def _result_from(reported: dict[str, Any], tracker: Tracker) -> RunResult:
