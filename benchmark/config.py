@@ -35,7 +35,9 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tracking_uri: str | None = None
     experiment: str = "kernel-bench"
-    cache_dir: Path | None = Field(default=None, description="split / kernel cache; None = ~/.cache/kernel-bench")
+    cache_dir: Path | None = Field(
+        default=None, description="split / kernel cache; None = $KERNEL_BENCH_CACHE or ~/.cache/kernel-bench"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
     @field_validator("template")
@@ -51,5 +53,7 @@ class RunConfig(BaseModel):
         return self.template is None or self.template.strip().lower() != NO_TEMPLATE
 
     def resolved_cache_dir(self) -> Path:
-        """The cache directory, defaulting to ``~/.cache/kernel-bench``."""
-        return self.cache_dir or Path.home() / ".cache" / "kernel-bench"
+        """The cache directory: ``cache_dir``, else ``$KERNEL_BENCH_CACHE``, else ``~/.cache/kernel-bench``."""
+        from benchmark.tracking import default_cache_dir
+
+        return self.cache_dir or default_cache_dir()
