@@ -101,13 +101,44 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _click_exception_types() -> tuple[type[BaseException], ...]:
+    """Click's exception base class, and typer's bundled copy of it (typer >= 0.22 vendors click)."""
+    types: list[type[BaseException]] = []
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        types.append(TyperClickException)
+    except ImportError:  # older typer: click's own classes
+        pass
+    return tuple(types)
+
+
+def _show_usage_error(exc: Any) -> None:
+    """One ``error:`` line, then the command's usage and where to get help (no traceback)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # a bare group (`bench`): its help is the answer
+        return
+    err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        err_console.print(ctx.get_usage(), highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
+
+
 def main() -> None:
     """Entry point of the ``bench`` console script: user errors print one line and exit 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
+    click_errors = _click_exception_types()
     try:
         # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
-        code = app(standalone_mode=False)
+        code = app(prog_name="bench", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except BenchError as exc:
@@ -121,17 +152,16 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except click_errors as exc:  # usage errors (unknown command or option, bad or missing value)
+        _show_usage_error(exc)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 @app.command("list")
-def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods")]) -> None:
+def list_cmd(
+    kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods",
+                                        metavar="tasks|templates|backbones|methods")],
+) -> None:
     """List the registered tasks, templates, backbones or methods."""
     from registry import BACKBONES, METHODS, TASKS, load_builtins
 

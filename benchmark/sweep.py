@@ -64,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from benchmark.config import LMBFF_SEEDS, RunConfig
 from registry import BenchError
+from registry.specs import read_text_file
 
 CellStatus = Literal["pending", "done", "skipped", "running", "failed", "elsewhere", "waiting", "not run"]
 
@@ -175,9 +176,7 @@ class SweepSpec(BaseModel):
 def load_sweep_file(path: Path) -> dict[str, Any]:
     """The raw mapping of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"sweep file '{path}' does not exist")
-    text = path.read_text()
+    text = read_text_file(path, "sweep file")
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)

@@ -110,12 +110,28 @@ class BackboneSpec(_Spec):
     description: str = ""
 
 
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file raises a one-line `BenchError`.
+
+    ``what`` names the file in the message (e.g. "task file").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{what} '{path}' does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise BenchError(f"{what} '{path}' is not UTF-8 text (byte {bad!r} at offset {exc.start}); save it as UTF-8") \
+            from None
+    except OSError as exc:
+        raise BenchError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+
+
 def load_task_file(path: str | Path) -> TaskSpec:
     """Load and validate a `TaskSpec` from a YAML or TOML file (``--task-file``)."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"task file '{path}' does not exist")
-    text = path.read_text()
+    text = read_text_file(path, "task file")
     try:
         if path.suffix.lower() == ".toml":
             raw = tomllib.loads(text)
