@@ -63,6 +63,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmark.config import LMBFF_SEEDS, RunConfig
+from kernel_bench_data import resolve_data_dir
 from registry import BenchError
 from registry.specs import read_text_file
 
@@ -259,7 +260,7 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         methods[canonical] = entry
     for backbone in spec.backbones:
         resolve_backbone(backbone)
-    if spec.data_dir is not None and not Path(spec.data_dir).expanduser().is_dir():
+    if spec.data_dir is not None and not resolve_data_dir(spec.data_dir).is_dir():
         raise BenchError(f"--data-dir '{spec.data_dir}' does not exist")
     cells: list[Cell] = []
     validated: set[str] = set()
