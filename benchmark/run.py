@@ -69,11 +69,36 @@ def run_tags(config: RunConfig, task: TaskSpec, method: Method) -> dict[str, str
     }
 
 
+def run_name(config: RunConfig, task: TaskSpec, method: Method) -> str:
+    """A run name that says what differs between runs: task, method, k, seed, template, options, short hash.
+
+    The config hash's first 6 characters end every name, so two different configurations never share one.
+    """
+    from benchmark.config import MEASUREMENT_OPTIONS
+
+    parts = [task.name, method.name, f"k{config.k}", f"s{config.seed}"]
+    if not config.prompt_based:
+        parts.append("no-prompt")
+    elif config.template:
+        parts.append("tmpl")
+    for key, value in sorted(config.options.items()):
+        if key in MEASUREMENT_OPTIONS:
+            continue
+        if isinstance(value, dict):  # an in-run grid: name the axes and their values
+            parts.extend(f"{k}={','.join(map(str, v))}" for k, v in sorted(value.items()))
+        else:
+            parts.append(f"{key}={value}")
+    name = "-".join(parts)
+    if len(name) > 90:
+        name = name[:89] + "…"
+    return f"{name}-{config.config_hash()[:6]}"
+
+
 def start_tracker(config: RunConfig, parent_run_id: str | None = None) -> Tracker:
     """Create the MLflow run of ``config`` (validating task and method first)."""
     task = resolve_task(config)
     method = resolve_method(config)
-    name = f"{task.name}-{method.name}-k{config.k}-s{config.seed}"
+    name = run_name(config, task, method)
     return Tracker.start(
         tracking_uri=config.tracking_uri,
         experiment=config.experiment,

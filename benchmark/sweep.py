@@ -390,7 +390,9 @@ def open_store(tracking_uri: str | None, experiment: str, cache_dir: Path | None
             found = client.get_experiment_by_name(experiment)
             if found is None and not create:
                 return None
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            from benchmark.tracking import EXPERIMENT_TAGS
+
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         except Exception as exc:  # MLflow raises many types for a bad store
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BenchError(f"cannot use MLflow tracking store '{uri}': {first}") from None

@@ -15,6 +15,16 @@ from typing import Any
 from registry import BenchError
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"
+HEADLINE_VIEW = "headline"
+"""Share key of the runs-table view with the headline columns: ``#/experiments/ID/runs?viewStateShareKey=headline``."""
+HEADLINE_COLUMNS = ("metrics.`dev_acc`", "metrics.`test_acc`", "metrics.`wall_seconds`", "tags.`task`",
+                    "tags.`method`", "tags.`backbone`", "tags.`k`", "tags.`seed`", "tags.`template`")
+# MLflow 3 opens an experiment without the kind tag as a GenAI one (on its Traces page), not on the runs table;
+# a "shared view" tag holds a runs-table state (the UI's JSON) that a link can open.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps({"selectedColumns": list(HEADLINE_COLUMNS)}),
+}
 
 
 def default_tracking_uri() -> str:
@@ -80,7 +90,8 @@ class Tracker:
         client = cls._client(tracking_uri)
         try:
             found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            experiment_id = (found.experiment_id if found
+                             else client.create_experiment(experiment, tags=EXPERIMENT_TAGS))
         except Exception as exc:  # MLflow raises many types for a bad store
             raise BenchError(f"cannot use MLflow tracking store '{tracking_uri}': {str(exc).splitlines()[0]}") from exc
         all_tags = {"mlflow.runName": run_name, "code_version": code_version(), **tags}
