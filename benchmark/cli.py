@@ -582,6 +582,8 @@ def leaderboard_cmd(
     metric: Annotated[str, typer.Option("--metric", help="acc | f1 (F1 where the task reports it)")] = "acc",
     seeds: Annotated[list[str] | None,
                      typer.Option("--seeds", help="expected seeds (default: the sweep's, else LM-BFF's)")] = None,
+    from_selections: Annotated[Path | None, typer.Option(
+        "--from-selections", help="rebuild from an earlier leaderboard's selections.csv instead of a store")] = None,
 ) -> None:
     """Aggregate MLflow runs: best dev per seed, mean ± std over seeds, FT vs. kernel; md, html or csv."""
     import shlex
@@ -598,8 +600,19 @@ def leaderboard_cmd(
     if fmt not in ("md", "html", "csv"):
         raise BenchError(f"--format must be md, html or csv, got '{fmt}'")
     try:
-        board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
-                      seeds=parse_seeds(seeds) if seeds else None, reference=reference)
+        if from_selections is not None:
+            from leaderboard import from_runs
+            from leaderboard.collect import runs_from_selections
+
+            board = from_runs(runs_from_selections(from_selections), k=k, backbone=backbone,
+                              metric=metric,  # type: ignore[arg-type]
+                              seeds=parse_seeds(seeds) if seeds else None, reference=reference,
+                              source=str(from_selections), experiment=experiment)
+            board.source_kind = ("the runs an earlier leaderboard selected (its MLflow store is not here; "
+                                 "diagnostic metrics and unselected runs are not in that file)")
+        else:
+            board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
+                          seeds=parse_seeds(seeds) if seeds else None, reference=reference)
         board.command = "bench " + shlex.join(sys.argv[1:])
         if to_dir:
             assert out is not None

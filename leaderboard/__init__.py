@@ -51,6 +51,8 @@ class Leaderboard:
     """Section title -> one paragraph answering its question (best method, FT vs. kernel verdicts)."""
     reference: Table | None = None
     source: str = ""
+    source_kind: str = "the MLflow store"
+    """What ``source`` is (the header says: from <source_kind> `<source>`)."""
     experiment: str = ""
     metric: Metric = "acc"
     command: str = ""

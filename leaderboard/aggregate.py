@@ -497,7 +497,8 @@ def headline(section: pd.DataFrame, pairs: pd.DataFrame, backbone: str, k: int) 
         noise = verdicts.count("within noise")
         parts.append(f"Fine-tuning vs. its kernel analog: {noise} of {len(sub)} pairs within noise (95% paired "
                      "interval over the shared seeds holds 0)" + ("" if noise == len(sub) else "; ") + "; ".join(
-                         f"{row_label(r['ft_method'], r['template'])} | {r['kernel_method']} on {r['task']}: "
+                         f"{row_label(r['ft_method'], r['template'])} | {row_label(r['kernel_method'], r['template'])}"
+                         f" on {r['task']}: "
                          f"{_interval(r)} ({v}, {int(r['n_shared'])} seeds)"
                          for (_, r), v in zip(sub.iterrows(), verdicts, strict=True) if v != "within noise") + ".")
         widest = sub.loc[(sub["diff_high"] - sub["diff_low"]).idxmax()] if sub["diff_low"].notna().any() else None

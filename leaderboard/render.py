@@ -162,7 +162,7 @@ def table_markdown(table: Table) -> str:
 
 def _header(board: Leaderboard) -> list[str]:
     return [
-        f"Generated {board.generated} from the MLflow store `{board.source}`, experiment `{board.experiment}` "
+        f"Generated {board.generated} from {board.source_kind} `{board.source}`, experiment `{board.experiment}` "
         f"({len(board.runs)} finished runs, {len(board.agg)} groups). Regenerate with `{board.command or REGENERATE}`.",
         "",
         CONVENTIONS,

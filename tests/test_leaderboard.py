@@ -306,3 +306,35 @@ def test_diagnostics_view_skips_sections_and_columns_without_values() -> None:
     assert table.rows == [["ft-adam", "mr", "0.5"]]
     assert diagnostics_table(section.assign(diag_movement=float("nan")), "diag") is None
     assert diagnostics_table(section.drop(columns=["diag_movement", "diag_lin_rel_error"]), "diag") is None
+
+
+def test_rebuild_from_selections_gives_the_same_numbers(store, tmp_path, monkeypatch, capsys) -> None:
+    from leaderboard.render import write_all
+
+    board = build(store, EXPERIMENT)
+    write_all(board, tmp_path / "first")
+    code, _out, err = invoke(["leaderboard", "--from-selections", str(tmp_path / "first" / "selections.csv"),
+                              "--experiment", EXPERIMENT, "--out", str(tmp_path / "again") + "/"], monkeypatch, capsys)
+    assert code == 0, err
+    first = pd.read_csv(tmp_path / "first" / "leaderboard.csv")
+    again = pd.read_csv(tmp_path / "again" / "leaderboard.csv")
+    keys = ["backbone", "k", "template", "task", "method"]
+    merged = first.merge(again, on=keys, suffixes=("", "_again"))
+    assert len(merged) == len(first) == len(again)
+    assert (merged["mean"] - merged["mean_again"]).abs().max() < 1e-3
+    assert (merged["std"] - merged["std_again"]).abs().max() < 1e-3
+    assert (merged["seeds"] == merged["seeds_again"]).all()
+    assert "the runs an earlier leaderboard selected" in (tmp_path / "again" / "README.md").read_text()
+    code, _out, err = invoke(["leaderboard", "--from-selections", str(tmp_path / "nope.csv")], monkeypatch, capsys)
+    assert code == 2 and "selections file" in err and "does not exist" in err
+
+
+def test_readme_links_point_to_files_that_exist() -> None:
+    for readme in (REPO / "README.md", REPO / "leaderboard" / "mr-bert-tiny" / "README.md"):
+        text = readme.read_text()
+        links = re.findall(r"\]\(([^)#\s]+)\)", text)
+        paths = re.findall(r"`((?:benchmark|registry|tasks|runners|leaderboard|tests|scripts|kernel_bench_data)/"
+                           r"[A-Za-z0-9_./-]+)`", text)
+        missing = [link for link in [*links, *paths] if not link.startswith("http")
+                   and not (readme.parent / link).exists() and not (REPO / link).exists()]
+        assert links and not missing, (readme.name, missing)
