@@ -196,10 +196,50 @@ def list_cmd(
             table.add_row(name, spec.path, spec.family, spec.description)
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:
-        for column in ("aliases", "family", "summary"):
+        for column in ("aliases", "family", "summary", "options (bench describe METHOD)"):
             table.add_column(column)
         for name, method in METHODS.items():
-            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary)
+            options = ", ".join(f"{o}={d}" for o, _, d, _ in option_rows(method))
+            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options)
+    console.print(table)
+
+
+def option_rows(method: Any) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of each option in a method's pydantic ``Options`` model."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, info in method.Options.model_fields.items():
+        annotation = info.annotation
+        kind = getattr(annotation, "__name__", None) if getattr(annotation, "__args__", None) is None else None
+        kind = kind or str(annotation).replace("typing.", "")
+        if info.default is not PydanticUndefined:
+            default = repr(info.default)
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())
+        else:
+            default = "(required)"
+        rows.append((name, kind, default, info.description or ""))
+    return rows
+
+
+@app.command("describe")
+def describe_cmd(method: Annotated[str, typer.Argument(help="registered method name or alias")]) -> None:
+    """Show a method's options (``--opt key=value``, ``--grid key=v1,v2``) with their types and defaults."""
+    from registry import METHODS, load_builtins
+
+    load_builtins()
+    cls = METHODS.get(method)
+    name = METHODS.resolve_name(method)
+    console.print(f"[bold]{name}[/] ({cls.family}): {cls.summary}", highlight=False)
+    aliases = METHODS.aliases_of(name)
+    if aliases:
+        console.print(f"aliases: {', '.join(aliases)}", highlight=False)
+    table = Table(title=f"options of {name}")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in option_rows(cls):
+        table.add_row(*row)
     console.print(table)
 
 
