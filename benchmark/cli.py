@@ -555,6 +555,8 @@ def ui_cmd(
 def sweep_cmd(
     file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
     tasks: Annotated[str | None, typer.Option("--tasks", help="tasks, comma-separated")] = None,
+    task_file: Annotated[list[Path] | None, typer.Option(
+        "--task-file", help="a TaskSpec YAML/TOML file (repeatable); its task is added to the sweep's")] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="methods, comma-separated")] = None,
     k: Annotated[str | None, typer.Option("--k", help="k values, comma-separated")] = None,
     seeds: Annotated[list[str] | None, typer.Option("--seeds", help="seeds, comma-separated, or 'all'")] = None,
@@ -582,7 +584,8 @@ def sweep_cmd(
     from benchmark import sweep as sw
 
     overrides = {
-        "tasks": tasks, "methods": methods, "k": k, "seeds": parse_seeds(seeds) if seeds else None,
+        "tasks": tasks, "task_files": task_file or None, "methods": methods, "k": k,
+        "seeds": parse_seeds(seeds) if seeds else None,
         "backbones": backbone, "templates": template or None, "data_dir": data_dir, "test_cap": test_cap,
         "batch_size": batch_size, "device": device, "tracking_uri": tracking_uri, "experiment": experiment,
         "cache_dir": cache_dir,

@@ -109,6 +109,7 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
 
     tasks: list[str] = Field(min_length=1)
+    task_files: list[Path] = Field(default_factory=list, description="TaskSpec files; their names are in tasks")
     methods: dict[str, MethodGrid] = Field(min_length=1)
     k: list[int] = Field(default=[16], min_length=1)
     seeds: list[int] = Field(default=list(LMBFF_SEEDS), min_length=1)
@@ -248,10 +249,11 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
     unknown names, bad options and missing data directories raise `BenchError` before anything runs.
     """
     from benchmark.backbones import resolve_backbone
-    from registry import METHODS, TASKS, load_builtins
+    from registry import METHODS, TASKS, load_builtins, load_task_file
 
     load_builtins()
-    tasks = list(dict.fromkeys(TASKS.resolve_name(t) for t in spec.tasks))
+    file_tasks = {load_task_file(path).name: Path(path) for path in spec.task_files}
+    tasks = list(dict.fromkeys(t if t in file_tasks else TASKS.resolve_name(t) for t in spec.tasks))
     methods: dict[str, MethodGrid] = {}
     for name, entry in spec.methods.items():
         canonical = METHODS.resolve_name(name)
@@ -277,7 +279,8 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         for point in grid_points(grid):
             for seed in spec.seeds:
                 config = RunConfig(
-                    task=task, method=method, backbone=backbone, k=k, seed=seed, data_dir=spec.data_dir,
+                    task=task, task_file=file_tasks.get(task), method=method, backbone=backbone, k=k, seed=seed,
+                    data_dir=spec.data_dir,
                     template=template, test_cap=spec.test_cap, binary=spec.binary, batch_size=spec.batch_size,
                     device=spec.device, tracking_uri=tracking_uri or spec.tracking_uri,
                     experiment=spec.experiment, cache_dir=spec.cache_dir, options={**options, **point},
@@ -901,10 +904,18 @@ def spec_from_cli(file: Path | None, overrides: dict[str, Any], opts: list[str],
     """A `SweepSpec` from a sweep file (if any) with CLI values (those not None) on top."""
     data: dict[str, Any] = load_sweep_file(file) if file is not None else {}
     source = str(file) if file is not None else "sweep"
+    overrides = dict(overrides)
+    task_files = [Path(f) for f in overrides.pop("task_files", None) or []]
     for key, value in overrides.items():
         if value is not None:
             data.pop({"backbones": "backbone", "templates": "template"}.get(key, ""), None)
             data[key] = value
+    if task_files:  # --task-file adds its tasks to those of the file or --tasks
+        from registry import load_task_file
+
+        names = [load_task_file(path).name for path in task_files]
+        data["tasks"] = list(dict.fromkeys([*(_as_list(data.get("tasks")) or []), *names]))
+        data["task_files"] = [*data.get("task_files", []), *map(str, task_files)]
     if not file and not data.get("tasks"):
         raise BenchError("give a sweep file, or --tasks and --methods")
     if "methods" not in data or not data["methods"]:

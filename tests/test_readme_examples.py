@@ -51,3 +51,30 @@ def test_describe_lists_each_option_with_its_default(monkeypatch, capsys) -> Non
     assert code == 0 and "steps=1000" in out
     code, _out, err = invoke(["describe", "ft-adamm"], monkeypatch, capsys)
     assert code == 2 and "unknown method 'ft-adamm'. Did you mean: ft-adam" in err
+
+
+def test_sweep_takes_a_task_file(tmp_path, monkeypatch, capsys, tiny_bert_dir) -> None:
+    from benchmark import sweep as sw
+    from tests.test_cli_e2e import invoke
+
+    task_file = tmp_path / "reviews.yaml"
+    task_file.write_text(_block("task-plugin-yaml", "yaml"))
+    folder = tmp_path / "data" / "original" / "reviews"
+    folder.mkdir(parents=True)
+    (folder / "train.csv").write_text('0,"a dull , lifeless film"\n1,"warm , funny and wise"\n' * 6)
+    (folder / "test.csv").write_text('1,"warm , funny and wise"\n0,"a dull , lifeless film"\n')
+    spec = sw.spec_from_cli(None, {"task_files": [task_file], "methods": "zero-shot", "k": "2", "seeds": [13],
+                                   "backbones": str(tiny_bert_dir), "data_dir": tmp_path / "data"}, [], [])
+    (cell,) = sw.expand_cells(spec, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert (cell.config.task, cell.config.task_file) == ("reviews", task_file)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, _out, err = invoke(["sweep", "--task-file", str(task_file), "--methods", "zero-shot", "--k", "2",
+                             "--seeds", "13", "--backbone", str(tiny_bert_dir), "--data-dir", str(tmp_path / "data"),
+                             "--tracking-uri", uri, "--cache-dir", str(tmp_path / "cache")], monkeypatch, capsys)
+    assert code == 0, err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("kernel-bench").experiment_id],
+                              "tags.task = 'reviews'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.params["n_test"] == "2"
