@@ -101,6 +101,36 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _click_exception_types() -> tuple[type[BaseException], ...]:
+    """Click's exception base class, and typer's bundled copy of it (typer >= 0.22 vendors click)."""
+    types: list[type[BaseException]] = []
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        types.append(TyperClickException)
+    except ImportError:  # older typer: click's own classes
+        pass
+    return tuple(types)
+
+
+def _show_usage_error(exc: Any) -> None:
+    """One ``error:`` line, then the command's usage and where to get help (no traceback)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # a bare group (`bench`): its help is the answer
+        return
+    err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        err_console.print(ctx.get_usage(), highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
+
+
 def main() -> None:
     """Entry point of the ``bench`` console script: user errors print one line and exit 2.
 
@@ -121,9 +151,10 @@ TERMINATED_LINE = "terminated (SIGTERM): the run in progress is marked KILLED"
 def _main() -> None:
     from benchmark.lifecycle import acknowledge_interrupt, sigterm_received
 
+    click_errors = _click_exception_types()
     try:
         # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
-        code = app(standalone_mode=False)
+        code = app(prog_name="bench", standalone_mode=False)
         if isinstance(code, int) and code:
             if code == 130 and sigterm_received():
                 acknowledge_interrupt()
@@ -145,17 +176,16 @@ def _main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except click_errors as exc:  # usage errors (unknown command or option, bad or missing value)
+        _show_usage_error(exc)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 @app.command("list")
-def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods")]) -> None:
+def list_cmd(
+    kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods",
+                                        metavar="tasks|templates|backbones|methods")],
+) -> None:
     """List the registered tasks, templates, backbones or methods."""
     from registry import BACKBONES, METHODS, TASKS, load_builtins
 
@@ -190,10 +220,50 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backb
             table.add_row(name, spec.path, spec.family, spec.description)
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:
-        for column in ("aliases", "family", "summary"):
+        for column in ("aliases", "family", "summary", "options (bench describe METHOD)"):
             table.add_column(column)
         for name, method in METHODS.items():
-            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary)
+            options = ", ".join(f"{o}={d}" for o, _, d, _ in option_rows(method))
+            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options)
+    console.print(table)
+
+
+def option_rows(method: Any) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of each option in a method's pydantic ``Options`` model."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, info in method.Options.model_fields.items():
+        annotation = info.annotation
+        kind = getattr(annotation, "__name__", None) if getattr(annotation, "__args__", None) is None else None
+        kind = kind or str(annotation).replace("typing.", "")
+        if info.default is not PydanticUndefined:
+            default = repr(info.default)
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())
+        else:
+            default = "(required)"
+        rows.append((name, kind, default, info.description or ""))
+    return rows
+
+
+@app.command("describe")
+def describe_cmd(method: Annotated[str, typer.Argument(help="registered method name or alias")]) -> None:
+    """Show a method's options (``--opt key=value``, ``--grid key=v1,v2``) with their types and defaults."""
+    from registry import METHODS, load_builtins
+
+    load_builtins()
+    cls = METHODS.get(method)
+    name = METHODS.resolve_name(method)
+    console.print(f"[bold]{name}[/] ({cls.family}): {cls.summary}", highlight=False)
+    aliases = METHODS.aliases_of(name)
+    if aliases:
+        console.print(f"aliases: {', '.join(aliases)}", highlight=False)
+    table = Table(title=f"options of {name}")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in option_rows(cls):
+        table.add_row(*row)
     console.print(table)
 
 
@@ -430,27 +500,88 @@ def kernel_cmd(
         console.print(f"wrote {path}", highlight=False)
 
 
+def experiment_links(uri: str, base_url: str) -> list[str]:
+    """``name: URL`` of each experiment's runs table (headline columns shown) in the MLflow UI at ``base_url``.
+
+    Experiments made before the suite tagged them get the classic-ML kind and the headline view tags here.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import EXPERIMENT_TAGS, HEADLINE_VIEW
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiments = [e for e in client.search_experiments() if e.name != "Default"]
+        for experiment in experiments:
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in experiment.tags:
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
+    except Exception:  # an empty, read-only or foreign store: the UI still opens
+        return []
+    return [f"{e.name}: {base_url}/#/experiments/{e.experiment_id}/runs?viewStateShareKey={HEADLINE_VIEW}"
+            for e in experiments]
+
+
+def serve_until_signal(command: list[str]) -> int:
+    """Run ``command`` (a server) in its own process group until it exits, Ctrl-C or SIGTERM.
+
+    On SIGINT or SIGTERM the whole group is terminated (killed after 10 s), so no worker keeps the port.
+    """
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(command, start_new_session=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @app.command("ui")
 def ui_cmd(
     tracking_uri: TrackingUriOpt = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
 ) -> None:
-    """Start the MLflow UI on the tracking store."""
-    import subprocess
-
+    """Start the MLflow UI on the tracking store (stopped, with its workers, by Ctrl-C or SIGTERM)."""
     from benchmark.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
-    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(command))
+    base_url = f"http://{host}:{port}"
+    console.print(f"MLflow UI for {uri} at {base_url} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    for line in experiment_links(uri, base_url):
+        console.print(f"  runs of {line}", highlight=False, soft_wrap=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", "1"]
+    code = serve_until_signal(command)
+    if code == 130:
+        err_console.print("stopped the MLflow UI")
+    raise typer.Exit(code)
 
 
 @app.command("sweep")
 def sweep_cmd(
     file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
     tasks: Annotated[str | None, typer.Option("--tasks", help="tasks, comma-separated")] = None,
+    task_file: Annotated[list[Path] | None, typer.Option(
+        "--task-file", help="a TaskSpec YAML/TOML file (repeatable); its task is added to the sweep's")] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="methods, comma-separated")] = None,
     k: Annotated[str | None, typer.Option("--k", help="k values, comma-separated")] = None,
     seeds: Annotated[list[str] | None, typer.Option("--seeds", help="seeds, comma-separated, or 'all'")] = None,
@@ -478,7 +609,8 @@ def sweep_cmd(
     from benchmark import sweep as sw
 
     overrides = {
-        "tasks": tasks, "methods": methods, "k": k, "seeds": parse_seeds(seeds) if seeds else None,
+        "tasks": tasks, "task_files": task_file or None, "methods": methods, "k": k,
+        "seeds": parse_seeds(seeds) if seeds else None,
         "backbones": backbone, "templates": template or None, "data_dir": data_dir, "test_cap": test_cap,
         "batch_size": batch_size, "device": device, "tracking_uri": tracking_uri, "experiment": experiment,
         "cache_dir": cache_dir,
@@ -518,6 +650,8 @@ def leaderboard_cmd(
     metric: Annotated[str, typer.Option("--metric", help="acc | f1 (F1 where the task reports it)")] = "acc",
     seeds: Annotated[list[str] | None,
                      typer.Option("--seeds", help="expected seeds (default: the sweep's, else LM-BFF's)")] = None,
+    from_selections: Annotated[Path | None, typer.Option(
+        "--from-selections", help="rebuild from an earlier leaderboard's selections.csv instead of a store")] = None,
 ) -> None:
     """Aggregate MLflow runs: best dev per seed, mean ± std over seeds, FT vs. kernel; md, html or csv."""
     import shlex
@@ -534,8 +668,19 @@ def leaderboard_cmd(
     if fmt not in ("md", "html", "csv"):
         raise BenchError(f"--format must be md, html or csv, got '{fmt}'")
     try:
-        board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
-                      seeds=parse_seeds(seeds) if seeds else None, reference=reference)
+        if from_selections is not None:
+            from leaderboard import from_runs
+            from leaderboard.collect import runs_from_selections
+
+            board = from_runs(runs_from_selections(from_selections), k=k, backbone=backbone,
+                              metric=metric,  # type: ignore[arg-type]
+                              seeds=parse_seeds(seeds) if seeds else None, reference=reference,
+                              source=str(from_selections), experiment=experiment)
+            board.source_kind = ("the runs an earlier leaderboard selected (its MLflow store is not here; "
+                                 "diagnostic metrics and unselected runs are not in that file)")
+        else:
+            board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
+                          seeds=parse_seeds(seeds) if seeds else None, reference=reference)
         board.command = "bench " + shlex.join(sys.argv[1:])
         if to_dir:
             assert out is not None

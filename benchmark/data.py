@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmark.examples import Example, Splits
+from kernel_bench_data import resolve_data_dir
 from registry import BenchError, HubSource, LocalSource, TaskSpec
 
 if TYPE_CHECKING:
@@ -183,12 +184,19 @@ def _load_hub_split(task: TaskSpec, hub: HubSource, split: str) -> datasets.Data
         if not online:
             raise BenchError(
                 f"could not reach the Hugging Face Hub to load '{name}' for task '{task.name}' and it is not in "
-                f"the local datasets cache; pass --data-dir DIR with {_layout_hint(task)}"
+                f"the local datasets cache; pass --data-dir DIR with {_layout_hint(task)}{_bundled_hint(task)}"
             ) from exc
         raise BenchError(
             f"could not load '{name}' split '{split}' from the Hub for task '{task.name}' ({reason}); "
             f"pass --data-dir DIR with {_layout_hint(task)}"
         ) from exc
+
+
+def _bundled_hint(task: TaskSpec) -> str:
+    from kernel_bench_data import bundled_tasks
+
+    bundled = task.local is not None and task.local.dir in bundled_tasks()
+    return f", or --data-dir bundled (the copy of {task.name} shipped with the suite)" if bundled else ""
 
 
 # ---------------------------------------------------------------------------------------- local files
@@ -449,7 +457,7 @@ def load_task_pools(task: TaskSpec, data_dir: Path | None) -> tuple[list[Example
     or ``<data_dir>/<task.name>/{train,test}.{csv,jsonl}``. Raises `BenchError` for a missing folder,
     file or column, a label the task does not know, or an unreachable Hub.
     """
-    source = _hub_source(task) if data_dir is None else _find_pool_source(task, Path(data_dir).expanduser())
+    source = _hub_source(task) if data_dir is None else _find_pool_source(task, resolve_data_dir(data_dir))
     return _pools_from_source(task, source)
 
 
@@ -661,7 +669,7 @@ def load_splits(
 def _locate_source(task: TaskSpec, data_dir: Path | None, k: int, seed: int) -> _Source:
     if data_dir is None:
         return _hub_source(task)
-    root = Path(data_dir).expanduser()
+    root = resolve_data_dir(data_dir)
     if not root.is_dir():
         raise BenchError(f"data dir '{root}' does not exist; pass a folder with {_layout_hint(task)}")
     return _find_kshot_source(task, root, k, seed) or _find_pool_source(task, root)

@@ -157,6 +157,7 @@ def resolve_run(config: RunConfig, *, check_tokenizer: bool = True) -> ResolvedR
     """
     from benchmark.data import data_identity
     from benchmark.prompts import resolve_prompt
+    from kernel_bench_data import resolve_data_dir
 
     task = resolve_task(config)
     method_name = METHODS.resolve_name(config.method)
@@ -167,7 +168,7 @@ def resolve_run(config: RunConfig, *, check_tokenizer: bool = True) -> ResolvedR
         "task_file": config.task_file.expanduser().resolve() if config.task_file is not None else None,
         "method": method_name,
         "backbone": backbone_name,
-        "data_dir": config.data_dir.expanduser().resolve() if config.data_dir is not None else None,
+        "data_dir": resolve_data_dir(config.data_dir).resolve() if config.data_dir is not None else None,
         "cache_dir": cache_dir,
         "template": NO_TEMPLATE if not config.prompt_based else config.template,
     })

@@ -14,7 +14,7 @@ import torch
 
 from benchmark.config import RunConfig
 from benchmark.examples import Splits
-from benchmark.methods.base import RunContext, RunResult
+from benchmark.methods.base import MEASUREMENT, RunContext, RunResult
 from benchmark.resolve import ResolvedRun, resolve_method, resolve_run, resolve_task
 from benchmark.tracking import Tracker, tracked
 from registry import BenchError
@@ -63,11 +63,36 @@ def run_tags(run: ResolvedRun) -> dict[str, str]:
     }
 
 
+def run_name(run: ResolvedRun) -> str:
+    """A run name that says what differs between runs: task, method, k, seed, template, options, short hash.
+
+    The config hash's first 6 characters end every name, so two different configurations never share one.
+    """
+    config = run.config
+    measurement = set(run.method.options.fields_with_role(MEASUREMENT))
+    parts = [run.task.name, run.method.name, f"k{config.k}", f"s{config.seed}"]
+    if not run.prompt_based:
+        parts.append("no-prompt")
+    elif config.template:
+        parts.append("tmpl")
+    for key, value in sorted(config.options.items()):
+        if key in measurement:
+            continue
+        if isinstance(value, dict):  # an in-run grid: name the axes and their values
+            parts.extend(f"{k}={','.join(map(str, v))}" for k, v in sorted(value.items()))
+        else:
+            parts.append(f"{key}={value}")
+    name = "-".join(parts)
+    if len(name) > 90:
+        name = name[:89] + "…"
+    return f"{name}-{run.config_hash()[:6]}"
+
+
 def start_tracker(run: RunConfig | ResolvedRun, parent_run_id: str | None = None) -> Tracker:
     """Create the MLflow run of ``run`` (resolving and validating it first)."""
     run = as_resolved(run)
     config = run.config
-    name = f"{run.task.name}-{run.method.name}-k{config.k}-s{config.seed}"
+    name = run_name(run)
     return Tracker.start(
         tracking_uri=config.tracking_uri,
         experiment=config.experiment,

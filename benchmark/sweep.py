@@ -63,7 +63,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmark.config import LMBFF_SEEDS, RunConfig
+from kernel_bench_data import resolve_data_dir
 from registry import BenchError
+from registry.specs import read_text_file
 
 CellStatus = Literal["pending", "done", "skipped", "running", "failed", "elsewhere", "waiting", "not run"]
 
@@ -107,6 +109,7 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
 
     tasks: list[str] = Field(min_length=1)
+    task_files: list[Path] = Field(default_factory=list, description="TaskSpec files; their names are in tasks")
     methods: dict[str, MethodGrid] = Field(min_length=1)
     k: list[int] = Field(default=[16], min_length=1)
     seeds: list[int] = Field(default=list(LMBFF_SEEDS), min_length=1)
@@ -175,9 +178,7 @@ class SweepSpec(BaseModel):
 def load_sweep_file(path: Path) -> dict[str, Any]:
     """The raw mapping of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"sweep file '{path}' does not exist")
-    text = path.read_text()
+    text = read_text_file(path, "sweep file")
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -250,10 +251,11 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
     """
     from benchmark.backbones import resolve_backbone
     from benchmark.resolve import resolve_run
-    from registry import METHODS, TASKS, load_builtins
+    from registry import METHODS, TASKS, load_builtins, load_task_file
 
     load_builtins()
-    tasks = list(dict.fromkeys(TASKS.resolve_name(t) for t in spec.tasks))
+    file_tasks = {load_task_file(path).name: Path(path) for path in spec.task_files}
+    tasks = list(dict.fromkeys(t if t in file_tasks else TASKS.resolve_name(t) for t in spec.tasks))
     methods: dict[str, MethodGrid] = {}
     for name, entry in spec.methods.items():
         canonical = METHODS.resolve_name(name)
@@ -262,7 +264,7 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         methods[canonical] = entry
     for backbone in spec.backbones:
         resolve_backbone(backbone)
-    if spec.data_dir is not None and not Path(spec.data_dir).expanduser().is_dir():
+    if spec.data_dir is not None and not resolve_data_dir(spec.data_dir).is_dir():
         raise BenchError(f"--data-dir '{spec.data_dir}' does not exist")
     cells: list[Cell] = []
     for backbone, task, (method, entry), k, template in itertools.product(
@@ -278,7 +280,8 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         for point in grid_points(grid):
             for seed in spec.seeds:
                 config = RunConfig(
-                    task=task, method=method, backbone=backbone, k=k, seed=seed, data_dir=spec.data_dir,
+                    task=task, task_file=file_tasks.get(task), method=method, backbone=backbone, k=k, seed=seed,
+                    data_dir=spec.data_dir,
                     template=template, test_cap=spec.test_cap, binary=spec.binary, batch_size=spec.batch_size,
                     device=spec.device, tracking_uri=tracking_uri or spec.tracking_uri,
                     experiment=spec.experiment, cache_dir=spec.cache_dir, options={**options, **point},
@@ -389,7 +392,9 @@ def open_store(tracking_uri: str | None, experiment: str, cache_dir: Path | None
             found = client.get_experiment_by_name(experiment)
             if found is None and not create:
                 return None
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            from benchmark.tracking import EXPERIMENT_TAGS
+
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         except Exception as exc:  # MLflow raises many types for a bad store
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BenchError(f"cannot use MLflow tracking store '{uri}': {first}") from None
@@ -901,10 +906,18 @@ def spec_from_cli(file: Path | None, overrides: dict[str, Any], opts: list[str],
     """A `SweepSpec` from a sweep file (if any) with CLI values (those not None) on top."""
     data: dict[str, Any] = load_sweep_file(file) if file is not None else {}
     source = str(file) if file is not None else "sweep"
+    overrides = dict(overrides)
+    task_files = [Path(f) for f in overrides.pop("task_files", None) or []]
     for key, value in overrides.items():
         if value is not None:
             data.pop({"backbones": "backbone", "templates": "template"}.get(key, ""), None)
             data[key] = value
+    if task_files:  # --task-file adds its tasks to those of the file or --tasks
+        from registry import load_task_file
+
+        names = [load_task_file(path).name for path in task_files]
+        data["tasks"] = list(dict.fromkeys([*(_as_list(data.get("tasks")) or []), *names]))
+        data["task_files"] = [*data.get("task_files", []), *map(str, task_files)]
     if not file and not data.get("tasks"):
         raise BenchError("give a sweep file, or --tasks and --methods")
     if "methods" not in data or not data["methods"]:
