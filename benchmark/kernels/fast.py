@@ -76,6 +76,7 @@ from benchmark.kernels.per_example import (
     sparse_join,
     write_dense,
 )
+from benchmark.kernels.products import accumulate, gram, product
 from registry import BenchError
 
 logger = logging.getLogger(__name__)
@@ -634,7 +635,7 @@ class FastKernelEngine:
             for x, y in combos:
                 left = stored.variant(x)[:, segment.start : segment.stop]
                 right = work_sign if y else work
-                blocks[(x, y)].add_(torch.mm(left, right.t()))  # type: ignore[arg-type]
+                accumulate(blocks[(x, y)], left, right)  # type: ignore[arg-type]
             self._tick("contract", t)
             del work, work_sign
         for slot in group.sparse:
@@ -661,7 +662,7 @@ class FastKernelEngine:
         t = self._tick("per_example", t)
         for x, y in self.combos:
             left = stored.variant(x)[:, :cols]
-            block = torch.mm(left, (work_sign if y else work).t()).to(torch.float64)  # type: ignore[union-attr]
+            block = product(left, work_sign if y else work)  # type: ignore[arg-type]
             for first, size, offset in pending.pieces:
                 _place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []
@@ -675,7 +676,7 @@ class FastKernelEngine:
             block = torch.zeros(n, n, dtype=torch.float64, device=self.device)
             if group.cols:
                 left, right = stored.variant(x), stored.variant(y)
-                block.add_(_gram(left, right, symmetric=x == y))
+                block.add_(gram(left, right, symmetric=x == y))
             blocks[(x, y)] = block
         for slot in group.sparse:
             rows = stored.sparse[slot.index]
@@ -886,16 +887,3 @@ def _place(
     else:
         kernel[a0 : a0 + na, :, b0 : b0 + nb, :] += view.permute(1, 0, 3, 2)
 
-
-def _gram(left: torch.Tensor, right: torch.Tensor, *, symmetric: bool, block: int = 512) -> torch.Tensor:
-    """``left @ right.T`` in float64; for ``left is right`` only the upper block triangle is multiplied."""
-    n = left.shape[0]
-    if not symmetric or n <= block:
-        return torch.mm(left, right.t()).to(torch.float64)
-    out = torch.zeros(n, n, dtype=torch.float64, device=left.device)
-    for i in range(0, n, block):
-        rows = left[i : i + block]
-        upper = torch.mm(rows, right[i:].t()).to(torch.float64)
-        out[i : i + block, i:] = upper
-        out[i:, i : i + block] = upper.t()
-    return out
