@@ -412,6 +412,7 @@ class FastKernelEngine:
             max_batch=max_batch,
             segment_cols=seg_cols,
             passes=len(groups) * math.ceil(a.total / chunk),
+            dense_cols=sum(g.cols for g in groups),
             budget=self.budget,
             fallback_params=[s.name for s in self.slots if s.fallback],
         )
@@ -886,4 +887,3 @@ def _place(
         kernel[b0 : b0 + nb, :, a0 : a0 + na, :] += view.permute(3, 2, 1, 0)
     else:
         kernel[a0 : a0 + na, :, b0 : b0 + nb, :] += view.permute(1, 0, 3, 2)
-
