@@ -507,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         print(roberta_base_estimate(stats, bench, args.n_train, args.n_eval, args.seq_len, C, combos, budget))
     else:  # a small model leaves a GPU launch-bound: its per-FLOP costs say nothing about roberta-base
-        print("estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
-              "are launch-bound)")
+        print(
+            "estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
+            "are launch-bound)"
+        )
     return status
 
 

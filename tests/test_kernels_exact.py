@@ -15,7 +15,7 @@ from benchmark.kernels import empirical_ntks, select_parameters
 from benchmark.kernels.fast import FastKernelEngine
 from benchmark.kernels.products import accumulate, gram, product
 from benchmark.models import PromptLogitModel
-from tests.test_kernels import make_batches
+from tests.test_kernels import assert_sign_close, explicit_gradients, make_batches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,3 +114,21 @@ def test_blocked_products_match_float64_and_keep_sign_sums_exact() -> None:
     assert torch.equal(gram(signs, signs, symmetric=True, rows=2), signs.double() @ signs.double().t())
     with pytest.raises(ValueError, match="column counts differ"):
         accumulate(out, left, right[:, 1:])
+
+
+def test_sign_only_formula_stores_int8_signs_only(models) -> None:
+    """``signgd`` alone keeps one byte per stored entry and gives the kernel of explicit gradients."""
+    _, m64 = models
+    a, b = _sides(3, 4, seed=21)
+    stats: dict = {}
+    alone = empirical_ntks(m64, a, {"ab": b, "aa": None}, formulas=["signgd"], progress=False, stats=stats)
+    assert stats["representation"] == "per-example int8 signs"
+    both_stats: dict = {}
+    both = empirical_ntks(m64, a, {"ab": b}, formulas=["sgd", "signgd"], progress=False, stats=both_stats)
+    assert both_stats["representation"] == "per-example float gradients + int8 signs"
+    assert torch.equal(alone["ab"]["signgd"], both["ab"]["signgd"])
+    everything = lambda name: True  # noqa: E731
+    ga, gb = explicit_gradients(m64, a, everything), explicit_gradients(m64, b, everything)
+    for name, other in (("ab", gb), ("aa", ga)):
+        expected = torch.einsum("ncp,mdp->ncmd", ga.sign(), other.sign())
+        assert_sign_close(alone[name]["signgd"], expected, ga, other)

@@ -50,7 +50,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,16 +76,11 @@ from benchmark.kernels.per_example import (
     sparse_join,
     write_dense,
 )
+from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan
 from benchmark.kernels.products import accumulate, gram, product
 from registry import BenchError
 
 logger = logging.getLogger(__name__)
-
-Combo = tuple[bool, bool]  # (sign on the a side, sign on the b side)
-#: Column segments stay below 2**24 so that float32 sums of signs are exact.
-MAX_SEGMENT = 2**22
-MIN_SEGMENT = 2**16
-MIN_WORK_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -123,8 +118,8 @@ class Stored:
 
     start: int
     stop: int
-    dense: torch.Tensor
-    dense_sign: torch.Tensor | None
+    dense: torch.Tensor | None  # raw gradients, when a formula uses them on this side
+    dense_sign: torch.Tensor | None  # int8 signs, when a formula takes signs on this side
     sparse: dict[int, SparseRows]
 
     @property
@@ -133,8 +128,11 @@ class Stored:
         return self.stop - self.start
 
     def variant(self, sign: bool) -> torch.Tensor:
-        """The stored gradients or their signs."""
-        return self.dense_sign if sign and self.dense_sign is not None else self.dense
+        """The stored gradients or their signs (as the plan stored them)."""
+        chosen = self.dense_sign if sign else self.dense
+        if chosen is None:
+            raise RuntimeError(f"the plan did not store the {'signs' if sign else 'raw gradients'}")
+        return chosen
 
 
 @dataclass
@@ -149,6 +147,7 @@ class Twin:
 
     model: nn.Module
     groups: dict[int, Group]
+    model_dtype: torch.dtype = torch.float64
 
     @staticmethod
     def build(model: nn.Module, groups: list[Group]) -> Twin:
@@ -317,6 +316,7 @@ class FastKernelEngine:
         self.rank, self.world = dist_info()
         self.num_outputs = 0
         self.work_budget = 0.0
+        self.plan: Plan | None = None
         self.exact_signs = exact_signs
         self.twin: Twin | None = None
         self._bar: Any = None
@@ -340,64 +340,35 @@ class FastKernelEngine:
 
     # ------------------------------------------------------------------ planning
     def _plan(self, a: Examples, targets: Mapping[str, Examples | None], captured: int) -> tuple[list[Group], int, int]:
-        C = self.num_outputs
-        out_bytes = sum(
-            a.total * C * (t.total if t is not None else a.total) * C * 8 * len(self.combos) for t in targets.values()
+        """Ask the planner (`planner.plan`) and lay the groups and their column segments out."""
+        request = Request(
+            tensors=tuple(TensorSize(s.numel, s.sparse, s.width if s.sparse else 1, s.fallback) for s in self.slots),
+            n_a=a.total,
+            targets=tuple(t.total if t is not None else None for t in targets.values()),
+            batch_sizes=tuple(a.sizes + [n for t in targets.values() if t is not None for n in t.sizes]),
+            num_outputs=self.num_outputs,
+            combos=tuple(self.combos),
+            budget=self.budget,
+            itemsize=self.itemsize,
+            longest=max([a.max_len] + [t.max_len for t in targets.values() if t is not None]),
+            captured=captured,
+            overrides=self.overrides,
         )
-        avail = self.budget - out_bytes
-        if avail < MIN_WORK_BYTES:
-            logger.warning(
-                "memory budget %.0f MiB leaves %.0f MiB beside the kernels themselves; working with %.0f MiB",
-                self.budget / 2**20,
-                avail / 2**20,
-                MIN_WORK_BYTES / 2**20,
-            )
-            avail = MIN_WORK_BYTES
-        store_budget, work_budget, act_budget = 0.45 * avail, 0.20 * avail, 0.35 * avail
-        self.work_budget = work_budget
-        sign = any(x or y for x, y in self.combos)
-        factor = 2 if sign else 1
-        longest = max([a.max_len] + [t.max_len for t in targets.values() if t is not None])
-
-        # Bytes one example adds to the stored side, per slot.
-        def row_bytes(slot: Slot) -> float:
-            if slot.sparse:
-                return C * factor * (longest + C + 2) * (slot.width * self.itemsize + 16) * 2
-            return C * factor * slot.numel * self.itemsize
-
-        dense = [s for s in self.slots if not s.sparse]
-        sparse = [s for s in self.slots if s.sparse]
-        per_example = sum(row_bytes(s) for s in self.slots)
-        if "group_slots" in self.overrides:
-            size = self.overrides["group_slots"]
-            groups = []
-            for k in range(0, len(self.slots), size):
-                part = self.slots[k : k + size]
-                groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse]))
-        else:
-            groups = self._groups(dense, sparse, row_bytes, per_example, a.total, store_budget)
-        largest = max(sum(row_bytes(s) for s in g.dense + g.sparse) for g in groups)
-        chunk = max(1, min(a.total, int(store_budget // max(largest, 1.0))))
-
-        act_per_example = max(1, captured) * (3 + C)
-        max_batch = max(1, int(act_budget // act_per_example))
-        widest = max((s.numel for s in dense if not s.fallback), default=0)
-        stream_factor = 2 if sign else 1
-        if widest:
-            max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * self.itemsize))))
-        sizes = a.sizes + [n for t in targets.values() if t is not None for n in t.sizes]
-        target_batch = min(max_batch, max(sizes, default=1))
-        seg_cols = int(work_budget // (stream_factor * C * max(1, target_batch) * self.itemsize))
-        seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, seg_cols))
-        chunk = self.overrides.get("chunk", chunk)
-        max_batch = self.overrides.get("max_batch", max_batch)
-        seg_cols = self.overrides.get("segment_cols", seg_cols)
+        chosen = plan(request)
+        if chosen.note:
+            logger.warning(chosen.note)
+        self.plan = chosen
+        self.work_budget = chosen.work_budget
+        groups = []
+        for indices in chosen.groups:
+            part = [self.slots[i] for i in indices]
+            groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse]))
         for group in groups:
             offset = 0
             segment = Segment(0, 0, [])
             for slot in group.dense:
                 slot.offset = offset
-                if segment.slots and offset + slot.numel - segment.start > seg_cols:
+                if segment.slots and offset + slot.numel - segment.start > chosen.segment_cols:
                     group.segments.append(segment)
                     segment = Segment(offset, offset, [])
                 segment.slots.append(slot)
@@ -408,53 +379,16 @@ class FastKernelEngine:
             group.cols = offset
         self.stats.update(
             groups=len(groups),
-            chunk=chunk,
-            max_batch=max_batch,
-            segment_cols=seg_cols,
-            passes=len(groups) * math.ceil(a.total / chunk),
+            chunk=chosen.chunk,
+            max_batch=chosen.max_batch,
+            segment_cols=chosen.segment_cols,
+            passes=chosen.passes,
             dense_cols=sum(g.cols for g in groups),
+            representation=chosen.representation,
             budget=self.budget,
             fallback_params=[s.name for s in self.slots if s.fallback],
         )
-        return groups, chunk, max_batch
-
-    def _groups(
-        self,
-        dense: list[Slot],
-        sparse: list[Slot],
-        row_bytes: Callable[[Slot], float],
-        per_example: float,
-        n_a: int,
-        store_budget: float,
-    ) -> list[Group]:
-        """One group if all training examples fit; else the cheaper of example chunks or tensor groups.
-
-        Example chunks: ``ceil(N_a / chunk)`` passes, each a forward, a full reverse pass and the
-        assembly of every gradient per streamed example. Tensor groups (all examples stored per
-        group, tensors in model order): one pass per group, each a forward, a reverse pass that
-        stops at the group's lowest layer and the assembly of that group's gradients only. With
-        forward : reverse : assembly costs of about 1 : 2 : 3 (measured), a pass of tensor groups
-        costs at most half a pass of example chunks, plus the assembly once.
-        """
-        if per_example * n_a <= store_budget:
-            return [Group(dense, sparse)]
-        chunk = int(store_budget // max(per_example, 1.0))
-        example_passes = math.ceil(n_a / chunk) if chunk >= 1 else math.inf
-        biggest = max(row_bytes(s) for s in self.slots)
-        rows = n_a if biggest * n_a <= store_budget else max(1, int(store_budget // max(biggest, 1.0)))
-        groups, current, used = [], Group([], []), 0.0
-        for slot in self.slots:
-            cost = row_bytes(slot) * rows
-            if (current.dense or current.sparse) and used + cost > store_budget:
-                groups.append(current)
-                current, used = Group([], []), 0.0
-            (current.sparse if slot.sparse else current.dense).append(slot)
-            used += cost
-        groups.append(current)
-        group_passes = len(groups) * math.ceil(n_a / rows)
-        if example_passes * 6 <= group_passes * 3 + 3:
-            return [Group(dense, sparse)]
-        return groups
+        return groups, chosen.chunk, chosen.max_batch
 
     # ------------------------------------------------------------------ one batch
     def _backward(
@@ -540,7 +474,12 @@ class FastKernelEngine:
         C, A = self.num_outputs, stop - start
         twin = self.twin
         model, work_group = (twin.model, twin.groups[id(group)]) if twin is not None else (self.model, group)
-        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device)
+        assert self.plan is not None
+        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device) if self.plan.store_raw else None
+        dense_sign = (
+            torch.zeros(C * A, group.cols, dtype=torch.int8, device=self.device) if self.plan.store_sign else None
+        )
+        direct = twin is None and dense_sign is None  # gradients written straight into the stored rows
         parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s.index: [] for s in group.sparse}
         fb_offsets = self._fb_offsets(group)
         for first, batch in a.pieces(start, stop, max_batch):
@@ -549,14 +488,20 @@ class FastKernelEngine:
             t = _now()
             local = first - start
             for c in range(C):
-                rows = dense[c * A + local : c * A + local + size]
-                if twin is None:
-                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, rows, 0, c)
-                else:  # float64 gradients, rounded into the stored rows
-                    exact = torch.empty(size, group.cols, dtype=torch.float64, device=self.device)
-                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
-                    rows.copy_(exact)
-                    del exact
+                at = slice(c * A + local, c * A + local + size)
+                if direct:
+                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
+                    continue
+                # computed in the model's precision (float64 with a twin), then rounded and/or signed
+                exact = torch.empty(
+                    size, group.cols, dtype=twin.model_dtype if twin else self.dtype, device=self.device
+                )
+                self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
+                if dense is not None:
+                    dense[at].copy_(exact)
+                if dense_sign is not None:
+                    dense_sign[at].copy_(exact.sign_())
+                del exact
             for slot in work_group.sparse:
                 parts[slot.index] += self._sparse_rows(
                     slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
@@ -577,8 +522,6 @@ class FastKernelEngine:
             if entries.values.dtype != self.dtype:
                 entries = SparseRows(entries.ids, entries.rows, entries.values.to(self.dtype))
             sparse[slot.index] = entries
-        need_sign = any(x or y for x, y in self.combos)
-        dense_sign = torch.sign(dense) if need_sign and group.cols else None
         self._tick("per_example", t)
         return Stored(start, stop, dense, dense_sign, sparse)
 

@@ -22,7 +22,8 @@ def accumulate(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, *, bl
     """``out += left @ right.T`` with ``out`` float64 and the sum over columns taken in bounded blocks.
 
     ``left`` is ``[M, K]``, ``right`` ``[N, K]`` (any strides), ``out`` ``[M, N]`` float64. Operands
-    already in float64 are multiplied in one product. Returns ``out``.
+    already in float64 are multiplied in one product; int8 operands (signs) are widened block by
+    block to the other operand's type (float32 for two int8 operands). Returns ``out``.
     """
     cols = left.shape[1]
     if right.shape[1] != cols:
@@ -31,10 +32,15 @@ def accumulate(out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, *, bl
         return out
     if left.dtype == torch.float64 and right.dtype == torch.float64:
         return out.addmm_(left, right.t())
-    part = torch.empty(out.shape, dtype=left.dtype, device=left.device)
+    dtype = torch.promote_types(left.dtype, right.dtype)
+    if not dtype.is_floating_point:  # int8 signs against int8 signs: exact in float32 within a block
+        dtype = torch.float32
+    part = torch.empty(out.shape, dtype=dtype, device=left.device)
     for start in range(0, cols, block):
         stop = min(cols, start + block)
-        torch.mm(left[:, start:stop], right[:, start:stop].t(), out=part)
+        x, y = left[:, start:stop], right[:, start:stop]
+        # int8 signs are widened one block at a time, never as a whole
+        torch.mm(x if x.dtype == dtype else x.to(dtype), (y if y.dtype == dtype else y.to(dtype)).t(), out=part)
         out.add_(part)
     return out
 
