@@ -8,8 +8,9 @@ Passes. The ``a`` side (the training set) is cut into chunks of examples. For ea
 chunk) pass:
 
 1. *Store*: one forward and C reverse passes per batch of the chunk write every example-logit's
-   gradient into a preallocated buffer ``S`` of shape ``[C * A, columns]`` (plus its signs when a
-   sign formula is asked for), and collect the sparse entries.
+   gradient into a preallocated buffer ``S`` of shape ``[C * A, columns]``: the raw gradients
+   where a formula uses them on this side, their signs as int8 where a formula takes signs here
+   (the plan says which, `planner.Plan.representation`), and collect the sparse entries.
 2. *Stream*: every batch of the ``b`` side goes through one forward and C reverse passes; its
    per-example gradients are assembled segment by segment (a few million columns at a time) into
    a small workspace and immediately contracted with the matching columns of ``S``:
@@ -19,19 +20,22 @@ chunk) pass:
    peak. Sparse tensors are contracted by joining entries on their row id.
 
 All formulas come out of the same pass: ``sgd`` = (raw, raw), ``signgd`` = (sign, sign),
-``asym`` = (sign, raw) and its flipped kernel (raw, sign). Each segment's float32 product is
-added into float64 accumulators (segments have fewer than 2^24 columns, so sign kernels, sums
-of +-1, are exact in float32). When signs are asked for, the stored side is computed with a
+``asym`` = (sign, raw) and its flipped kernel (raw, sign). Every product sums at most 4,096
+columns in the operands' precision and adds those partial products into float64 accumulators
+(`products.accumulate`), so a float32 kernel is within ~1e-7 of the float64 product of the same
+gradients whatever the plan (a plain float32 product over millions of columns is ~1e-5 off), and
+sign kernels are exact sums of +-1. When signs are asked for, the stored side is computed with a
 float64 copy of the model, so that its signs are those of the float64 gradients rather than of
 float32 round-off (an ``asym`` entry moves by twice the other side's entry per flipped sign).
 
-Memory. The planner splits the budget between the stored side, the streaming workspace and a
-batch's activations (the kernel accumulators themselves are counted first). When the stored
-gradients of all training examples do not fit, the tensors are split into groups, one pass per
-group: a pass assembles and contracts only its group's gradients and its reverse passes stop at
-the group's lowest layer, so this costs less than re-streaming every example's full gradient per
-chunk of examples; examples are chunked as well only when one tensor's gradients for all of them
-exceed the budget. The planner also picks the segment width and splits batches that are too large.
+Memory. `planner.plan` (a pure function of sizes) splits the budget between the stored side, the
+streaming workspace and a batch's activations (the kernel accumulators themselves are counted
+first). When the stored gradients of all training examples do not fit, the tensors are split into
+groups, one pass per group: a pass assembles and contracts only its group's gradients and its
+reverse passes stop at the group's lowest layer, so this costs less than re-streaming every
+example's full gradient per chunk of examples; examples are chunked as well only when one
+tensor's gradients for all of them exceed the budget. The planner also picks the segment width
+and splits batches that are too large.
 
 Symmetry. For the ``a x a`` kernel only chunk pairs ``i <= j`` are computed; the lower blocks are
 the transposes (for ``asym``, the transpose of the flipped kernel), and the diagonal blocks come
@@ -46,28 +50,26 @@ agree on one plan (the smallest budget), so the result is the one-process result
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.kernels.params import Registration, SelectedTensor
+from benchmark.kernels.batches import Examples, accepted_keys, differentiable, dist_info, prepare
+from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
+from benchmark.kernels.params import SelectedTensor
 from benchmark.kernels.per_example import (
     Batch,
     Slot,
     SparseRows,
-    Use,
     batch_size,
     fallback_gradients,
-    modules_of,
     plan_slots,
     probe,
     record,
@@ -80,201 +82,10 @@ from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan
 from benchmark.kernels.products import accumulate, gram, product
 from registry import BenchError
 
+#: Re-exported for callers of the former single module.
+__all__ = ["Combo", "Examples", "FastKernelEngine", "accepted_keys", "differentiable", "dist_info", "prepare"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Segment:
-    """Contiguous columns ``start:stop`` of a group's dense layout and the slots inside."""
-
-    start: int
-    stop: int
-    slots: list[Slot]
-
-
-@dataclass
-class Group:
-    """A set of selected tensors handled in one pass."""
-
-    dense: list[Slot]
-    sparse: list[Slot]
-    cols: int = 0
-    segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def modules(self) -> list[nn.Module]:
-        """Modules to record for this group."""
-        return modules_of(self.dense + self.sparse)
-
-    @property
-    def fallback(self) -> list[Slot]:
-        """Dense slots computed by the autograd loop."""
-        return [s for s in self.dense if s.fallback]
-
-
-@dataclass
-class Stored:
-    """The stored side of a pass: examples ``start:stop`` of ``a``, rows ordered ``c * A + a``."""
-
-    start: int
-    stop: int
-    dense: torch.Tensor | None  # raw gradients, when a formula uses them on this side
-    dense_sign: torch.Tensor | None  # int8 signs, when a formula takes signs on this side
-    sparse: dict[int, SparseRows]
-
-    @property
-    def size(self) -> int:
-        """Examples in the chunk."""
-        return self.stop - self.start
-
-    def variant(self, sign: bool) -> torch.Tensor:
-        """The stored gradients or their signs (as the plan stored them)."""
-        chosen = self.dense_sign if sign else self.dense
-        if chosen is None:
-            raise RuntimeError(f"the plan did not store the {'signs' if sign else 'raw gradients'}")
-        return chosen
-
-
-@dataclass
-class Twin:
-    """A float64 copy of the model and of the groups' slots, for the stored (training) side.
-
-    Signs are taken of the stored side's gradients (``asym``, ``signgd``); an entry within float32
-    round-off of zero has an arbitrary sign in float32, and in ``asym`` each such flip moves the
-    kernel by twice the other side's (not small) entry. Computing the stored side in float64 (it is
-    the small side: the training set) fixes those signs at little cost.
-    """
-
-    model: nn.Module
-    groups: dict[int, Group]
-    model_dtype: torch.dtype = torch.float64
-
-    @staticmethod
-    def build(model: nn.Module, groups: list[Group]) -> Twin:
-        """Copy ``model`` in float64 and map every slot and use onto the copy."""
-        import copy
-
-        twin = copy.deepcopy(model).to(torch.float64).eval()
-        modules = {id(m): t for m, t in zip(model.modules(), twin.modules(), strict=True)}
-        originals = [p for m in model.modules() for p in m._parameters.values() if p is not None]
-        copies = [p for m in twin.modules() for p in m._parameters.values() if p is not None]
-        tensors = {id(p): q for p, q in zip(originals, copies, strict=True)}
-
-        def mapped(slot: Slot) -> Slot:
-            sel = slot.selected
-            regs = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.registrations]
-            chosen = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.selected]
-            uses = [Use(modules[id(u.module)], u.kind, u.role) for u in slot.uses]
-            copy_sel = SelectedTensor(tensors[id(sel.tensor)], regs, chosen)
-            return Slot(slot.index, copy_sel, uses, slot.sparse, slot.fallback, slot.offset)
-
-        mapped_groups = {}
-        for group in groups:
-            copy_group = Group([mapped(s) for s in group.dense], [mapped(s) for s in group.sparse], group.cols)
-            copy_group.segments = [Segment(g.start, g.stop, [mapped(s) for s in g.slots]) for g in group.segments]
-            mapped_groups[id(group)] = copy_group
-        return Twin(twin, mapped_groups)
-
-    def tensors(self) -> list[torch.Tensor]:
-        """The copy's selected tensors."""
-        return [s.tensor for g in self.groups.values() for s in g.dense + g.sparse]
-
-
-@dataclass
-class Pending:
-    """Streamed gradient rows of several batches waiting for one product with the stored side."""
-
-    work: torch.Tensor  # [capacity, columns]
-    used: int = 0
-    pieces: list[tuple[int, int, int]] = field(default_factory=list)  # (first example, size, first row)
-
-    @property
-    def capacity(self) -> int:
-        """Rows the buffer holds."""
-        return int(self.work.shape[0])
-
-
-@dataclass
-class Examples:
-    """A list of batches seen as one sequence of examples."""
-
-    batches: list[dict[str, Any]]
-    sizes: list[int]
-
-    @property
-    def total(self) -> int:
-        """Number of examples."""
-        return sum(self.sizes)
-
-    @property
-    def max_len(self) -> int:
-        """Longest sequence (for memory estimates)."""
-        lengths = [b["input_ids"].shape[-1] for b in self.batches if isinstance(b.get("input_ids"), torch.Tensor)]
-        return max(lengths, default=128)
-
-    def pieces(self, start: int, stop: int, max_batch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Sub-batches covering examples ``start:stop``: (first example index, batch)."""
-        offset = 0
-        for batch, size in zip(self.batches, self.sizes, strict=True):
-            lo, hi = max(start, offset), min(stop, offset + size)
-            for s in range(lo, hi, max_batch):
-                e = min(hi, s + max_batch)
-                yield (
-                    s,
-                    (batch if (s - offset, e - offset) == (0, size) else slice_batch(batch, s - offset, e - offset)),
-                )
-            offset += size
-
-
-def accepted_keys(model: nn.Module) -> set[str] | None:
-    """Keyword arguments ``model.forward`` accepts (None when it takes ``**kwargs``)."""
-    try:
-        signature = inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        return None
-    return set(signature.parameters)
-
-
-def prepare(batches: Sequence[Batch], device: torch.device, model: nn.Module | None = None) -> Examples:
-    """Move batches to ``device``; drop labels and keys the model's forward does not take."""
-    keys = accepted_keys(model) if model is not None else None
-    out: list[dict[str, Any]] = []
-    for batch in batches:
-        moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-            if k not in ("labels", "label") and (keys is None or k in keys)
-        }
-        out.append(moved)
-    return Examples(out, [batch_size(b) for b in out])
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size), (0, 1) without an initialised process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-@contextmanager
-def differentiable(model: nn.Module, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Eval mode, gradients on ``tensors`` only, autograd enabled; restored afterwards."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        for t in tensors:
-            t.requires_grad_(True)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 class FastKernelEngine:
@@ -608,7 +419,7 @@ class FastKernelEngine:
             left = stored.variant(x)[:, :cols]
             block = product(left, work_sign if y else work)  # type: ignore[arg-type]
             for first, size, offset in pending.pieces:
-                _place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
+                place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []
         self._tick("contract", t)
 
@@ -749,7 +560,7 @@ class FastKernelEngine:
             for first, piece in unit:
                 blocks = self._stream(group, stored, piece, self.combos, max_pairs, pending, first)
                 for combo, block in blocks.items():
-                    _place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
+                    place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
             if pending is not None:
                 self._flush(pending, stored, out, stored.start)
 
@@ -771,7 +582,7 @@ class FastKernelEngine:
         if self._mine(i):
             blocks = self._diagonal(group, stored, self.combos, max_pairs)
             for combo, block in blocks.items():
-                _place(out[combo], block, stored.start, stored.size, stored.start, stored.size, C)
+                place(out[combo], block, stored.start, stored.size, stored.start, stored.size, C)
         for j in range(i + 1, n_chunks):
             b0, b1 = j * chunk, min(a.total, (j + 1) * chunk)
             for k, (first, batch) in enumerate(a.pieces(b0, b1, max_batch)):
@@ -781,8 +592,8 @@ class FastKernelEngine:
                 blocks = self._stream(group, stored, batch, mirrored, max_pairs)
                 size = batch_size(batch)
                 for x, y in self.combos:
-                    _place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
-                    _place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
+                    place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
+                    place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
 
 
 def _now() -> tuple[float, float]:
@@ -816,17 +627,3 @@ def _split(first: int, batch: dict[str, Any], max_batch: int) -> Iterator[tuple[
         return
     for s in range(0, size, max_batch):
         yield first + s, slice_batch(batch, s, min(size, s + max_batch))
-
-
-def _place(
-    kernel: torch.Tensor, block: torch.Tensor, a0: int, na: int, b0: int, nb: int, C: int, *, transpose: bool = False
-) -> None:
-    """Add a ``[C * na, C * nb]`` block (rows ``c * na + a``) into ``kernel[N_a, C, N_b, C]``.
-
-    With ``transpose`` the block's transpose goes to ``kernel[b0:b0+nb, :, a0:a0+na, :]``.
-    """
-    view = block.view(C, na, C, nb)
-    if transpose:
-        kernel[b0 : b0 + nb, :, a0 : a0 + na, :] += view.permute(3, 2, 1, 0)
-    else:
-        kernel[a0 : a0 + na, :, b0 : b0 + nb, :] += view.permute(1, 0, 3, 2)
