@@ -128,6 +128,7 @@ class FastKernelEngine:
         self.num_outputs = 0
         self.work_budget = 0.0
         self.plan: Plan | None = None
+        self._scratches: dict[str, torch.Tensor] = {}
         self.exact_signs = exact_signs
         self.twin: Twin | None = None
         self._bar: Any = None
@@ -304,9 +305,7 @@ class FastKernelEngine:
                     self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
                     continue
                 # computed in the model's precision (float64 with a twin), then rounded and/or signed
-                exact = torch.empty(
-                    size, group.cols, dtype=twin.model_dtype if twin else self.dtype, device=self.device
-                )
+                exact = self._scratch("store", size, group.cols, twin.model_dtype if twin else self.dtype)
                 self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
                 if dense is not None:
                     dense[at].copy_(exact)
@@ -373,7 +372,7 @@ class FastKernelEngine:
         for segment in group.segments if pending is None else []:
             t = _now()
             cols = segment.stop - segment.start
-            work = torch.empty(C * size, cols, dtype=self.dtype, device=self.device)
+            work = self._scratch("stream", C * size, cols, self.dtype)
             for c in range(C):
                 self._fill_dense(
                     segment.slots,
@@ -385,7 +384,9 @@ class FastKernelEngine:
                     segment.start,
                     c,
                 )
-            work_sign = torch.sign(work) if need_sign else None
+            work_sign = (
+                torch.sign(work, out=self._scratch("stream_sign", C * size, cols, self.dtype)) if need_sign else None
+            )
             t = self._tick("per_example", t)
             for x, y in combos:
                 left = stored.variant(x)[:, segment.start : segment.stop]
@@ -412,8 +413,11 @@ class FastKernelEngine:
         t = _now()
         C = self.num_outputs
         work = pending.work[: pending.used]
-        work_sign = torch.sign(work) if any(y for _, y in self.combos) else None
         cols = work.shape[1]
+        need_sign = any(y for _, y in self.combos)
+        work_sign = (
+            torch.sign(work, out=self._scratch("flush_sign", pending.used, cols, self.dtype)) if need_sign else None
+        )
         t = self._tick("per_example", t)
         for x, y in self.combos:
             left = stored.variant(x)[:, :cols]
@@ -453,7 +457,20 @@ class FastKernelEngine:
         rows = self.overrides.get("gather_rows", rows)
         if rows < 2 * self.num_outputs * max_batch:
             return None
-        return Pending(torch.empty(rows, cols, dtype=self.dtype, device=self.device))
+        return Pending(self._scratch("pending", rows, cols, self.dtype))
+
+    def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        """A ``[rows, cols]`` work buffer kept across batches and passes (grown when too small).
+
+        Allocating (and first touching) a fresh buffer per batch costs page faults and zeroing that
+        show up in the engine's time; the contents are always overwritten before use.
+        """
+        need = rows * cols
+        buffer = self._scratches.get(name)
+        if buffer is None or buffer.numel() < need or buffer.dtype != dtype:
+            buffer = torch.empty(need, dtype=dtype, device=self.device)
+            self._scratches[name] = buffer
+        return buffer[:need].view(rows, cols)
 
     def _advance(self, n: int) -> None:
         if self._bar is not None:
@@ -533,6 +550,7 @@ class FastKernelEngine:
             finally:
                 if self._bar is not None:
                     self._bar.close()
+                self._scratches.clear()
             if self.world > 1:
                 t = _now()
                 for per_combo in kernels.values():
