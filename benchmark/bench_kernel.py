@@ -423,6 +423,15 @@ def main(argv: list[str] | None = None) -> int:
         f"segment {stats.get('segment_cols')} columns, fallback {stats.get('fallback_params') or 'none'}"
     )
     print(f"  training side stored as: {stats.get('representation', 'per-example gradients')}")
+    if "activation_bytes" in stats:
+        C = model.num_outputs
+        grads = C * int(stats.get("dense_cols", dense)) * 4
+        factored = int(stats["activation_bytes"]) * (1 + C) / 2  # inputs once, output gradients per logit
+        print(
+            f"  per training example: per-example gradients {grads / 2**20:.0f} MiB; recorded layer inputs and "
+            f"outputs {int(stats['activation_bytes']) / 2**20:.1f} MiB (inputs + {C} output gradient(s) "
+            f"~{factored / 2**20:.1f} MiB: the factored representation, not implemented)"
+        )
     if not args.no_floor:
         C = model.num_outputs
         floor = one_pass_floor(

@@ -502,6 +502,7 @@ class FastKernelEngine:
                 )
                 slot.fallback, slot.sparse = True, False
             self._tick("probe", t)
+            self.stats["activation_bytes"] = captured  # per example: recorded layer inputs and outputs
             groups, chunk, max_batch = self._plan(a, streams, captured)
             signs = any(x or y for x, y in self.combos)
             if self.exact_signs and signs and self.dtype != torch.float64:
