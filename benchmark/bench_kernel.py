@@ -513,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     combos = len({c for f in formulas for c in {"sgd": ["ff"], "signgd": ["tt"], "asym": ["tf", "ft"]}[f]})
     bench = Shape(dense, hidden, int(mlm.config.num_hidden_layers))
     C = model.num_outputs
-    if device.type == "cpu":
+    if args.preset == "roberta-base" and not args.model:
+        print("roberta-base measured directly above (no estimate)")
+    elif device.type == "cpu":
         print(roberta_base_estimate(stats, bench, args.n_train, args.n_eval, args.seq_len, C, combos, budget))
     else:  # a small model leaves a GPU launch-bound: its per-FLOP costs say nothing about roberta-base
         print(
