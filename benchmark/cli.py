@@ -193,7 +193,8 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="registered b
 TestCapOpt = Annotated[int, typer.Option("--test-cap", help="test examples kept (0 = all)")]
 TrackingUriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")]
-LauncherOpt = Annotated[str, typer.Option("--launcher", help="local | deepspeed")]
+LauncherOpt = Annotated[str, typer.Option("--launcher", help="runner: local | deepspeed | slurm | a plugin's")]
+LaunchOptOpt = Annotated[list[str], typer.Option("--launch-opt", help="runner option key=value (repeatable)")]
 NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
 NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
 HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
@@ -297,6 +298,7 @@ def run_cmd(
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
@@ -331,10 +333,10 @@ def run_cmd(
                   options=options)
         for s in parse_seeds(seed)
     ]
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     outcomes = []
     for config in configs:
-        outcome = _launch(config, launch)
+        outcome = runner.launch(config)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
         console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
@@ -342,28 +344,21 @@ def run_cmd(
     console.print(_summary_table(outcomes))
 
 
-def _launch_options(launcher: str, num_gpus: int | None, num_nodes: int, hostfile: Path | None,
-                    deepspeed_config: Path | None) -> Any:
-    if launcher == "local":
-        if num_gpus not in (None, 1) or num_nodes != 1 or hostfile or deepspeed_config:
-            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed")
-        return None
-    try:
-        from runners import LaunchOptions
-    except ImportError as exc:
-        raise BenchError(f"launcher '{launcher}' is not available: {exc}") from exc
-    return LaunchOptions(launcher=launcher, num_gpus=num_gpus, num_nodes=num_nodes, hostfile=hostfile,
-                         deepspeed_config=deepspeed_config)
+def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,
+            deepspeed_config: Path | None) -> Any:
+    """The runner for ``--launcher`` with its ``--launch-opt``s (and the DeepSpeed shorthand flags) validated."""
+    from runners import RUNNERS, make_runner, parse_launch_opts
 
-
-def _launch(config: Any, launch: Any) -> Any:
-    if launch is None:
-        from benchmark.run import execute
-
-        return execute(config)
-    from runners import launch as run_launch
-
-    return run_launch(config, launch)
+    options = parse_launch_opts(launch_opt)
+    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes if num_nodes != 1 else None, "hostfile": hostfile,
+                  "deepspeed_config": deepspeed_config}
+    given = {key: value for key, value in shorthands.items() if value is not None}
+    if given:
+        if RUNNERS.resolve_name(launcher) != "deepspeed":
+            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed "
+                             "(other launchers take --launch-opt key=value)")
+        options = {**given, **options}
+    return make_runner(launcher, options)
 
 
 @app.command("kernel")
@@ -441,6 +436,7 @@ def sweep_cmd(
     experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
@@ -459,7 +455,7 @@ def sweep_cmd(
         "cache_dir": cache_dir,
     }
     spec = sw.spec_from_cli(file, overrides, opt, grid)
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     if dry_run:
         from benchmark.tracking import default_tracking_uri
 
@@ -471,7 +467,9 @@ def sweep_cmd(
         console.print(", ".join(f"{state}: {n}" for state, n in counts.items()), highlight=False)
         return
     try:
-        report = sw.run_sweep(spec, launch_options=launch, fail_fast=fail_fast, wait=wait, console=console)
+        from runners import sweep_runner
+
+        report = sw.run_sweep(spec, runner=sweep_runner(runner), fail_fast=fail_fast, wait=wait, console=console)
     except KeyboardInterrupt:  # typer would swallow it (exit code 0 under standalone_mode=False)
         err_console.print("aborted: the running cell and the sweep are marked KILLED; rerun to resume")
         sys.exit(130)

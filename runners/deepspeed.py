@@ -23,7 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from benchmark.config import RunConfig
 from benchmark.methods.base import RunResult
@@ -31,10 +33,40 @@ from benchmark.run import RunOutcome, resolve_method, start_tracker
 from benchmark.tracking import Tracker, default_tracking_uri
 from benchmark.training import TrainingOptions, check_global_batch
 from registry import BenchError
-from runners import LaunchOptions
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "zero2"
+
+
+class DeepSpeedOptions(BaseModel):
+    """``--launcher deepspeed`` options (``--launch-opt key=value``; ``--num-gpus`` etc. are shorthands)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_gpus: int | None = Field(
+        default=None, ge=1, description="processes per node (default: every visible GPU, 1 on CPU)"
+    )
+    num_nodes: int = Field(default=1, ge=1, description="nodes (needs a hostfile when > 1)")
+    hostfile: Path | None = Field(default=None, description="DeepSpeed hostfile ('host slots=N' per line)")
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON config, or a bundled name: zero0, zero1, zero2 (default)"
+    )
+    master_port: int | None = Field(default=None, ge=1, le=65535, description="rendezvous port (default: a free one)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 / fp16 need GPUs")
+
+
+class DeepSpeedRunner:
+    """``--launcher deepspeed``: the run on N DeepSpeed ranks per node; one MLflow run, logged by rank 0."""
+
+    name: ClassVar[str] = "deepspeed"
+    Options: ClassVar[type[BaseModel]] = DeepSpeedOptions
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options or DeepSpeedOptions()
+
+    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
+        """Start the DeepSpeed launcher on `runners.worker` for ``config`` and wait for it."""
+        return run_deepspeed(config, self.options, parent_run_id=parent_run_id)  # type: ignore[arg-type]
 
 
 def bundled_configs() -> list[str]:
@@ -109,7 +141,7 @@ def parse_hostfile(path: Path) -> dict[str, int]:
     return hosts
 
 
-def processes_per_node(options: LaunchOptions, *, on_cpu: bool) -> int:
+def processes_per_node(options: DeepSpeedOptions, *, on_cpu: bool) -> int:
     """``--num-gpus`` checked against what this node (or the hostfile) offers."""
     if options.hostfile is not None:
         hosts = parse_hostfile(options.hostfile)
@@ -159,7 +191,7 @@ def decode(text: str) -> Any:
 
 
 def launcher_command(
-    options: LaunchOptions, *, num_gpus: int, port: int, worker_args: list[str]
+    options: DeepSpeedOptions, *, num_gpus: int, port: int, worker_args: list[str]
 ) -> list[str]:
     """The DeepSpeed launcher command line that starts `runners.worker` on every rank."""
     command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus),
@@ -202,7 +234,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
             continue
 
 
-def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
+def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: str | None = None) -> RunOutcome:
     """Run ``config`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
     on_cpu = cpu_mode()
     ds_config = apply_precision(load_deepspeed_config(options.deepspeed_config), options.precision, on_cpu=on_cpu)
@@ -215,7 +247,7 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if on_cpu:
         env["DS_ACCELERATOR"] = "cpu"
-    tracker = start_tracker(config)
+    tracker = start_tracker(config, parent_run_id=parent_run_id)
     tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * options.num_nodes,
                       "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0)})
     start = time.perf_counter()
