@@ -417,6 +417,30 @@ def ui_cmd(
     raise typer.Exit(subprocess.call(command))
 
 
+@app.command("server")
+def server_cmd(
+    backend_store_uri: Annotated[str | None, typer.Option(
+        "--backend-store-uri", help="SQL store: sqlite:///PATH, postgresql://... (default: the default store)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(
+        "--artifacts", help="where the server keeps artifacts (default: next to a SQLite file)")] = None,
+    host: Annotated[str, typer.Option("--host", help="interface (MLflow has no auth: loopback by default)")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    workers: Annotated[int | None, typer.Option("--workers", help="server processes (SQLite: 1)")] = None,
+) -> None:
+    """Start one MLflow tracking server (SQL store, served artifacts) for every node: --tracking-uri http://HOST:PORT."""
+    import subprocess
+
+    from benchmark.server import server_command
+    from benchmark.tracking import default_tracking_uri
+
+    command = server_command(backend_store_uri or default_tracking_uri(), artifacts=artifacts, host=host, port=port,
+                             workers=workers)
+    console.print(f"MLflow server for {command[5]} (artifacts in {command[8]}) at http://{host}:{port}; "
+                  f"use --tracking-uri http://{host}:{port} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    raise typer.Exit(subprocess.call(command))
+
+
 @app.command("sweep")
 def sweep_cmd(
     file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
@@ -443,7 +467,11 @@ def sweep_cmd(
     deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and which are done; run nothing")] = False,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running "
+                                       "(slurm: for the submitted jobs; --no-wait prints the job id)")] = True,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1,
+                                                     help="slurm: array tasks running at once")] = None,
+    status: Annotated[bool, typer.Option("--status", help="slurm: where each cell stands; submits nothing")] = False,
 ) -> None:
     """Run a grid of cells (tasks x methods x k x seeds x grid points), skipping finished ones (resumable)."""
     from benchmark import sweep as sw
@@ -466,6 +494,18 @@ def sweep_cmd(
         counts = {state: sum(s == state for _, s in states) for state in dict.fromkeys(s for _, s in states)}
         console.print(", ".join(f"{state}: {n}" for state, n in counts.items()), highlight=False)
         return
+    if hasattr(runner, "sweep"):  # a runner that submits a whole sweep at once (slurm)
+        report = runner.sweep(spec, wait=wait, max_parallel=max_parallel, status=status, console=console)
+        if status or not wait:
+            return
+        for line in sw.summary_lines(report):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if report.failed or report.count("not run", "pending", "running"):
+            sys.exit(1)
+        return
+    if status or max_parallel is not None:
+        raise BenchError(f"--status and --max-parallel are for --launcher slurm (not '{launcher}'); "
+                         "--dry-run shows a local sweep's cells")
     try:
         from runners import sweep_runner
 

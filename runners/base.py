@@ -41,6 +41,7 @@ class Runner(Protocol):
 RUNNERS: Registry[Any] = Registry("launcher", "kernel_bench.runners")
 RUNNERS.add("local", "runners.local:LocalRunner")
 RUNNERS.add("deepspeed", "runners.deepspeed:DeepSpeedRunner")
+RUNNERS.add("slurm", "runners.slurm:SlurmRunner")
 
 
 def parse_launch_opts(items: list[str]) -> dict[str, Any]:
