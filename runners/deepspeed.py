@@ -33,6 +33,7 @@ from benchmark.run import RunOutcome, resolve_method, start_tracker
 from benchmark.tracking import Tracker, default_tracking_uri
 from benchmark.training import TrainingOptions, check_global_batch
 from registry import BenchError
+from runners.multinode import NodePlan, node_plan, per_node_command
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "zero2"
@@ -53,6 +54,10 @@ class DeepSpeedOptions(BaseModel):
     )
     master_port: int | None = Field(default=None, ge=1, le=65535, description="rendezvous port (default: a free one)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 / fp16 need GPUs")
+    node_rank: int | None = Field(default=None, ge=0, description="this node's rank when every node runs its own "
+                                  "launcher (default: SLURM_NODEID in a multi-node SLURM job); see runners.multinode")
+    master_addr: str | None = Field(default=None, description="node 0's address for a per-node launch "
+                                    "(default: MASTER_ADDR, else the first host of the SLURM job)")
 
 
 class DeepSpeedRunner:
@@ -238,8 +243,11 @@ def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: s
     """Run ``config`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
     on_cpu = cpu_mode()
     ds_config = apply_precision(load_deepspeed_config(options.deepspeed_config), options.precision, on_cpu=on_cpu)
-    num_gpus = processes_per_node(options, on_cpu=on_cpu)
-    check_method_options(config, num_gpus * options.num_nodes)
+    plan = node_plan(options)  # one launcher per node (SLURM-style), or None: one launcher for all nodes
+    num_nodes = plan.num_nodes if plan is not None else options.num_nodes
+    num_gpus = processes_per_node(options if plan is None else options.model_copy(update={"num_nodes": 1}),
+                                  on_cpu=on_cpu)
+    check_method_options(config, num_gpus * num_nodes)
     config = config.model_copy(update={
         "tracking_uri": config.tracking_uri or default_tracking_uri(),
         "device": "cpu" if on_cpu else config.device,
@@ -247,16 +255,21 @@ def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: s
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if on_cpu:
         env["DS_ACCELERATOR"] = "cpu"
+    if plan is not None and plan.node_rank != 0:
+        return run_follower(config, ds_config, plan, num_gpus, env)
     tracker = start_tracker(config, parent_run_id=parent_run_id)
-    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * options.num_nodes,
+    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * num_nodes, "num_nodes": num_nodes,
                       "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0)})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
         result_path = Path(tmp) / "result.json"
         worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", tracker.run_id,
                        "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
-        command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
-                                   worker_args=worker_args)
+        if plan is not None:
+            command = per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args)
+        else:
+            command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
+                                       worker_args=worker_args)
         try:
             code = stream(command, env)
         except KeyboardInterrupt:
@@ -275,6 +288,25 @@ def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: s
     tracker.finish("FINISHED")
     result = _result_from(reported, tracker)
     return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
+
+
+def run_follower(config: RunConfig, ds_config: dict[str, Any], plan: NodePlan, num_gpus: int,
+                 env: dict[str, str]) -> RunOutcome:
+    """Node ``plan.node_rank`` > 0 of a per-node launch: run this node's ranks; node 0 owns the MLflow run.
+
+    The outcome has no run id and no metrics (they are logged by rank 0, on node 0).
+    """
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", "",
+                       "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
+        code = stream(per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args), env)
+        errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
+    if code != 0 or errors:
+        first = next((error for error in errors if error), None)
+        raise BenchError(first or f"node {plan.node_rank}: the DeepSpeed workers failed with exit code {code}")
+    return RunOutcome(run_id="", config=config, result=RunResult(metrics={}), seconds=time.perf_counter() - start)
 
 
 def _fail(tracker: Tracker, message: str) -> None:
