@@ -31,6 +31,9 @@ from registry import BenchError
 ALIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
                           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"})
 KILLED_STATES = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "REVOKED"})
+# sacct keeps a job's last *pending* reason after it ended: those say nothing about why it ended.
+SCHEDULING_REASONS = frozenset({"None", "Priority", "Resources", "JobArrayTaskLimit", "Dependency", "BeginTime",
+                                "QOSMaxJobsPerUserLimit", "AssocMaxJobsLimit", "ReqNodeNotAvail"})
 
 
 class SlurmOptions(BaseModel):
@@ -119,7 +122,7 @@ class JobState:
     @property
     def describe(self) -> str:
         """``CANCELLED (reason None, exit 0:15)`` for messages."""
-        extra = [f"reason {self.reason}"] if self.reason and self.reason != "None" else []
+        extra = [f"reason {self.reason}"] if self.reason and self.reason not in SCHEDULING_REASONS else []
         if self.exit_code and self.exit_code != "0:0":
             extra.append(f"exit {self.exit_code}")
         return self.state + (f" ({', '.join(extra)})" if extra else "")

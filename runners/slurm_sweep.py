@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,24 @@ from benchmark import sweep as sw
 from registry import BenchError
 from runners.slurm import JobState, SlurmRunner, close_dead_run, job_states, make_executor, submit_error
 
+# A task that sacct has not listed this long after its submission is taken as lost (accounting purged).
+UNLISTED_S = 600.0
 
-def _submissions(store: sw.Store, parent_run_id: str) -> dict[str, list[str]]:
-    """``{array job id: [cell hash of task 0, task 1, ...]}`` recorded in the parent run."""
+
+@dataclass(frozen=True)
+class Submission:
+    """One job array of the sweep: when, and which cell each task runs."""
+
+    job_id: str
+    submitted: float
+    tasks: dict[str, str]  # task id (``12_3``; ``12`` for a one-task array) -> cell hash
+
+
+def _submissions(store: sw.Store, parent_run_id: str) -> list[Submission]:
+    """The job arrays recorded in the parent run, oldest first."""
     run = store.client.get_run(parent_run_id)
     ids = [j for j in run.data.tags.get("slurm_job_ids", "").split(",") if j]
-    out: dict[str, list[str]] = {}
+    out: list[Submission] = []
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="kernel-bench-slurm-") as tmp:
         for job_id in ids:
@@ -39,14 +52,16 @@ def _submissions(store: sw.Store, parent_run_id: str) -> dict[str, list[str]]:
                 path = store.client.download_artifacts(parent_run_id, f"slurm/{job_id}.json", tmp)
             except Exception as exc:  # MLflow raises several types for a missing artifact
                 raise BenchError(f"the sweep's parent run {parent_run_id} lacks slurm/{job_id}.json: {exc}") from None
-            out[job_id] = json.loads(Path(path).read_text())["cells"]
+            payload = json.loads(Path(path).read_text())
+            out.append(Submission(job_id, float(payload["submitted"]),
+                                  dict(zip(payload["tasks"], payload["cells"], strict=True))))
     return out
 
 
-def _record_submission(store: sw.Store, parent_run_id: str, job_id: str, hashes: list[str]) -> None:
+def _record_submission(store: sw.Store, parent_run_id: str, job_id: str, tasks: list[str], hashes: list[str]) -> None:
     run = store.client.get_run(parent_run_id)
     ids = [j for j in run.data.tags.get("slurm_job_ids", "").split(",") if j]
-    payload = {"job_id": job_id, "submitted": time.time(), "cells": hashes}
+    payload = {"job_id": job_id, "submitted": time.time(), "tasks": tasks, "cells": hashes}
     with tempfile.TemporaryDirectory(prefix="kernel-bench-slurm-") as tmp:
         path = Path(tmp) / f"{job_id}.json"
         path.write_text(json.dumps(payload))
@@ -54,12 +69,12 @@ def _record_submission(store: sw.Store, parent_run_id: str, job_id: str, hashes:
     store.client.set_tag(parent_run_id, "slurm_job_ids", ",".join([*ids, job_id]))
 
 
-def _latest_tasks(submissions: dict[str, list[str]]) -> dict[str, str]:
-    """``{cell hash: task id}`` of each cell's latest submission."""
-    latest: dict[str, str] = {}
-    for job_id in sorted(submissions, key=int):
-        for index, cell_hash in enumerate(submissions[job_id]):
-            latest[cell_hash] = f"{job_id}_{index}"
+def _latest_tasks(submissions: list[Submission]) -> dict[str, tuple[str, float]]:
+    """``{cell hash: (task id, submission time)}`` of each cell's latest submission."""
+    latest: dict[str, tuple[str, float]] = {}
+    for submission in sorted(submissions, key=lambda s: s.submitted):
+        for task, cell_hash in submission.tasks.items():
+            latest[cell_hash] = (task, submission.submitted)
     return latest
 
 
@@ -72,7 +87,7 @@ def _find_parent(store: sw.Store, hash_: str) -> str:
 def status_rows(cells: list[sw.Cell], store: sw.Store, parent_run_id: str) -> list[tuple[sw.Cell, str, str]]:
     """(cell, store status, SLURM state of its latest task) for every cell."""
     existing = store.runs_by_hash()
-    tasks = _latest_tasks(_submissions(store, parent_run_id)) if parent_run_id else {}
+    tasks = {h: t for h, (t, _) in _latest_tasks(_submissions(store, parent_run_id)).items()} if parent_run_id else {}
     states = job_states(list(tasks.values()))
     rows = []
     for cell in cells:
@@ -129,21 +144,21 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
             cell.status, cell.run_id, cell.metrics = "skipped", finished[0].info.run_id, dict(finished[0].data.metrics)
     sweep._open_parent()
     parent = report.parent_run_id = sweep.parent_run_id
-    submissions = _submissions(store, parent)
-    latest = _latest_tasks(submissions)
-    states = job_states([latest[c.hash] for c in cells if c.status != "skipped" and c.hash in latest])
+    latest = _latest_tasks(_submissions(store, parent))
+    states = job_states([latest[c.hash][0] for c in cells if c.status != "skipped" and c.hash in latest])
     followed: dict[str, sw.Cell] = {}  # task id -> cell
-    since = {job_id: 0 for job_id in submissions}
     for cell in cells:
-        task = latest.get(cell.hash)
-        state = states.get(task) if task else None
-        if cell.status == "skipped" or task is None:
+        if cell.status == "skipped" or cell.hash not in latest:
             continue
+        task, submitted = latest[cell.hash]
+        state = states.get(task)
+        if state is None and time.time() - submitted > UNLISTED_S:
+            state = JobState(task, "UNKNOWN", "not in SLURM's accounting")
         if state is None or state.alive:  # not in sacct yet (just submitted) or still pending / running
             cell.status = "running" if state is not None and state.state == "RUNNING" else "pending"
             followed[task] = cell
         else:  # its job ended without a FINISHED run: close what it left open, then resubmit
-            close_dead_run(cell.config, parent, state, since_ms=since[task.split("_")[0]])
+            close_dead_run(cell.config, parent, state, since_ms=int(submitted * 1000) - 1000)
     queued = {c.hash for c in followed.values()}
     todo = [c for c in cells if c.status == "pending" and c.hash not in queued]
     by_hash = {c.hash: c for c in cells}
@@ -160,7 +175,7 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
             sweep._close_parent("FAILED")
             raise submit_error(exc) from None
         array_id = jobs[0].job_id.split("_")[0]
-        _record_submission(store, parent, array_id, [c.hash for c in todo])
+        _record_submission(store, parent, array_id, [job.job_id for job in jobs], [c.hash for c in todo])
         for job, cell in zip(jobs, todo, strict=True):
             followed[job.job_id] = cell
         if console is not None:
@@ -202,13 +217,15 @@ def _follow(sweep: sw.Sweep, followed: dict[str, sw.Cell], by_hash: dict[str, sw
         if done:
             cell = by_hash[cell_hash]
             cell.run_id, cell.metrics = done[0].info.run_id, dict(done[0].data.metrics)
+            cell.seconds = cell.metrics.get("wall_seconds", 0.0)
         return bool(done)
 
     task_of = {cell.hash: task for task, cell in followed.items()}
 
     def on_change(cell_hash: str, what: str, state: JobState | None) -> None:
         cell = by_hash[cell_hash]
-        cell.seconds = time.perf_counter() - started[task_of[cell_hash]]
+        if not cell.seconds:
+            cell.seconds = time.perf_counter() - started[task_of[cell_hash]]
         if what == "running":
             cell.status = "running"
             sweep.display.refresh(f"running {cell.label}")

@@ -139,6 +139,9 @@ def test_sweep_on_slurm_resubmits_exactly_the_cancelled_cell(tmp_path, tiny_bert
     assert "submitted SLURM job array" in out and ": 1 cell(s)" in out, out
     assert "8 cells — done 1, skipped (already finished) 7, failed 0" in out, out
 
+    code, out, err = invoke([*args, "--status"], monkeypatch, capsys)
+    assert code == 0 and "COMPLETED" in out and "PENDING" not in out, out + err
+
     runs = _cell_runs(client)
     by_hash: dict[str, list] = {}
     for run in runs:
