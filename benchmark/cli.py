@@ -287,7 +287,8 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="registered b
 TestCapOpt = Annotated[int, typer.Option("--test-cap", help="test examples kept (0 = all)")]
 TrackingUriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")]
-LauncherOpt = Annotated[str, typer.Option("--launcher", help="local | deepspeed")]
+LauncherOpt = Annotated[str, typer.Option("--launcher", help="runner: local | deepspeed | slurm | a plugin's")]
+LaunchOptOpt = Annotated[list[str], typer.Option("--launch-opt", help="runner option key=value (repeatable)")]
 NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
 NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
 HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
@@ -391,6 +392,7 @@ def run_cmd(
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
@@ -425,10 +427,10 @@ def run_cmd(
                   options=options)
         for s in parse_seeds(seed)
     ]
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     outcomes = []
     for config in configs:
-        outcome = _launch(config, launch)
+        outcome = runner.launch(config)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
         console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
@@ -436,28 +438,21 @@ def run_cmd(
     console.print(_summary_table(outcomes))
 
 
-def _launch_options(launcher: str, num_gpus: int | None, num_nodes: int, hostfile: Path | None,
-                    deepspeed_config: Path | None) -> Any:
-    if launcher == "local":
-        if num_gpus not in (None, 1) or num_nodes != 1 or hostfile or deepspeed_config:
-            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed")
-        return None
-    try:
-        from runners import LaunchOptions
-    except ImportError as exc:
-        raise BenchError(f"launcher '{launcher}' is not available: {exc}") from exc
-    return LaunchOptions(launcher=launcher, num_gpus=num_gpus, num_nodes=num_nodes, hostfile=hostfile,
-                         deepspeed_config=deepspeed_config)
+def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,
+            deepspeed_config: Path | None) -> Any:
+    """The runner for ``--launcher`` with its ``--launch-opt``s (and the DeepSpeed shorthand flags) validated."""
+    from runners import RUNNERS, make_runner, parse_launch_opts
 
-
-def _launch(config: Any, launch: Any) -> Any:
-    if launch is None:
-        from benchmark.run import execute
-
-        return execute(config)
-    from runners import launch as run_launch
-
-    return run_launch(config, launch)
+    options = parse_launch_opts(launch_opt)
+    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes if num_nodes != 1 else None, "hostfile": hostfile,
+                  "deepspeed_config": deepspeed_config}
+    given = {key: value for key, value in shorthands.items() if value is not None}
+    if given:
+        if RUNNERS.resolve_name(launcher) != "deepspeed":
+            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed "
+                             "(other launchers take --launch-opt key=value)")
+        options = {**given, **options}
+    return make_runner(launcher, options)
 
 
 @app.command("kernel")
@@ -576,6 +571,30 @@ def ui_cmd(
     raise typer.Exit(code)
 
 
+@app.command("server")
+def server_cmd(
+    backend_store_uri: Annotated[str | None, typer.Option(
+        "--backend-store-uri", help="SQL store: sqlite:///PATH, postgresql://... (default: the default store)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(
+        "--artifacts", help="where the server keeps artifacts (default: next to a SQLite file)")] = None,
+    host: Annotated[str, typer.Option("--host", help="interface (MLflow has no auth: loopback by default)")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    workers: Annotated[int | None, typer.Option("--workers", help="server processes (SQLite: 1)")] = None,
+) -> None:
+    """Start one MLflow tracking server (SQL store, served artifacts) for every node: --tracking-uri http://HOST:PORT."""
+    import subprocess
+
+    from benchmark.server import server_command
+    from benchmark.tracking import default_tracking_uri
+
+    command = server_command(backend_store_uri or default_tracking_uri(), artifacts=artifacts, host=host, port=port,
+                             workers=workers)
+    console.print(f"MLflow server for {command[5]} (artifacts in {command[8]}) at http://{host}:{port}; "
+                  f"use --tracking-uri http://{host}:{port} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    raise typer.Exit(subprocess.call(command))
+
+
 @app.command("sweep")
 def sweep_cmd(
     file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
@@ -597,13 +616,18 @@ def sweep_cmd(
     experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and which are done; run nothing")] = False,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running "
+                                       "(slurm: for the submitted jobs; --no-wait prints the job id)")] = True,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1,
+                                                     help="slurm: array tasks running at once")] = None,
+    status: Annotated[bool, typer.Option("--status", help="slurm: where each cell stands; submits nothing")] = False,
 ) -> None:
     """Run a grid of cells (tasks x methods x k x seeds x grid points), skipping finished ones (resumable)."""
     from benchmark import sweep as sw
@@ -616,7 +640,7 @@ def sweep_cmd(
         "cache_dir": cache_dir,
     }
     spec = sw.spec_from_cli(file, overrides, opt, grid)
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     if dry_run:
         from benchmark.tracking import default_tracking_uri
 
@@ -627,8 +651,22 @@ def sweep_cmd(
         counts = {state: sum(s == state for _, s in states) for state in dict.fromkeys(s for _, s in states)}
         console.print(", ".join(f"{state}: {n}" for state, n in counts.items()), highlight=False)
         return
+    if hasattr(runner, "sweep"):  # a runner that submits a whole sweep at once (slurm)
+        report = runner.sweep(spec, wait=wait, max_parallel=max_parallel, status=status, console=console)
+        if status or not wait:
+            return
+        for line in sw.summary_lines(report):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if report.failed or report.count("not run", "pending", "running"):
+            sys.exit(1)
+        return
+    if status or max_parallel is not None:
+        raise BenchError(f"--status and --max-parallel are for --launcher slurm (not '{launcher}'); "
+                         "--dry-run shows a local sweep's cells")
     try:
-        report = sw.run_sweep(spec, launch_options=launch, fail_fast=fail_fast, wait=wait, console=console)
+        from runners import sweep_runner
+
+        report = sw.run_sweep(spec, runner=sweep_runner(runner), fail_fast=fail_fast, wait=wait, console=console)
     except KeyboardInterrupt:  # typer would swallow it (exit code 0 under standalone_mode=False)
         err_console.print("aborted: the running cell and the sweep are marked KILLED; rerun to resume")
         sys.exit(130)
