@@ -101,6 +101,36 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _click_exception_types() -> tuple[type[BaseException], ...]:
+    """Click's exception base class, and typer's bundled copy of it (typer >= 0.22 vendors click)."""
+    types: list[type[BaseException]] = []
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        types.append(TyperClickException)
+    except ImportError:  # older typer: click's own classes
+        pass
+    return tuple(types)
+
+
+def _show_usage_error(exc: Any) -> None:
+    """One ``error:`` line, then the command's usage and where to get help (no traceback)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # a bare group (`bench`): its help is the answer
+        return
+    err_console.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        err_console.print(ctx.get_usage(), highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"Try '{ctx.command_path} --help' for help.", highlight=False, markup=False)
+
+
 def main() -> None:
     """Entry point of the ``bench`` console script: user errors print one line and exit 2.
 
@@ -121,9 +151,10 @@ TERMINATED_LINE = "terminated (SIGTERM): the run in progress is marked KILLED"
 def _main() -> None:
     from benchmark.lifecycle import acknowledge_interrupt, sigterm_received
 
+    click_errors = _click_exception_types()
     try:
         # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
-        code = app(standalone_mode=False)
+        code = app(prog_name="bench", standalone_mode=False)
         if isinstance(code, int) and code:
             if code == 130 and sigterm_received():
                 acknowledge_interrupt()
@@ -145,17 +176,16 @@ def _main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except click_errors as exc:  # usage errors (unknown command or option, bad or missing value)
+        _show_usage_error(exc)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 @app.command("list")
-def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods")]) -> None:
+def list_cmd(
+    kind: Annotated[str, typer.Argument(help="tasks | templates | backbones | methods",
+                                        metavar="tasks|templates|backbones|methods")],
+) -> None:
     """List the registered tasks, templates, backbones or methods."""
     from registry import BACKBONES, METHODS, TASKS, load_builtins
 
@@ -190,21 +220,61 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="tasks | templates | backb
             table.add_row(name, spec.path, spec.family, spec.description)
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:
-        for column in ("aliases", "family", "summary"):
+        for column in ("aliases", "family", "summary", "options (bench describe METHOD)"):
             table.add_column(column)
         for name, method in METHODS.items():
-            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary)
+            options = ", ".join(f"{o}={d}" for o, _, d, _ in option_rows(method))
+            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options)
+    console.print(table)
+
+
+def option_rows(method: Any) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of each option in a method's pydantic ``Options`` model."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, info in method.Options.model_fields.items():
+        annotation = info.annotation
+        kind = getattr(annotation, "__name__", None) if getattr(annotation, "__args__", None) is None else None
+        kind = kind or str(annotation).replace("typing.", "")
+        if info.default is not PydanticUndefined:
+            default = repr(info.default)
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())
+        else:
+            default = "(required)"
+        rows.append((name, kind, default, info.description or ""))
+    return rows
+
+
+@app.command("describe")
+def describe_cmd(method: Annotated[str, typer.Argument(help="registered method name or alias")]) -> None:
+    """Show a method's options (``--opt key=value``, ``--grid key=v1,v2``) with their types and defaults."""
+    from registry import METHODS, load_builtins
+
+    load_builtins()
+    cls = METHODS.get(method)
+    name = METHODS.resolve_name(method)
+    console.print(f"[bold]{name}[/] ({cls.family}): {cls.summary}", highlight=False)
+    aliases = METHODS.aliases_of(name)
+    if aliases:
+        console.print(f"aliases: {', '.join(aliases)}", highlight=False)
+    table = Table(title=f"options of {name}")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in option_rows(cls):
+        table.add_row(*row)
     console.print(table)
 
 
 def _task_and_splits(task: str, task_file: Path | None, k: int, seed: int, data_dir: Path | None, test_cap: int):
     from benchmark.config import RunConfig
-    from benchmark.run import load_config_splits, resolve_task
+    from benchmark.run import load_config_splits, resolve_run
 
     config = RunConfig(task=task, task_file=task_file, method="zero-shot", k=k, seed=seed,
                        data_dir=data_dir, test_cap=test_cap)
-    spec = resolve_task(config)
-    return spec, load_config_splits(config, spec)
+    run = resolve_run(config, check_tokenizer=False)
+    return run.task, load_config_splits(run)
 
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="registered task name")]
@@ -217,7 +287,8 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="registered b
 TestCapOpt = Annotated[int, typer.Option("--test-cap", help="test examples kept (0 = all)")]
 TrackingUriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")]
-LauncherOpt = Annotated[str, typer.Option("--launcher", help="local | deepspeed")]
+LauncherOpt = Annotated[str, typer.Option("--launcher", help="runner: local | deepspeed | slurm | a plugin's")]
+LaunchOptOpt = Annotated[list[str], typer.Option("--launch-opt", help="runner option key=value (repeatable)")]
 NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
 NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
 HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
@@ -321,6 +392,7 @@ def run_cmd(
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
@@ -355,10 +427,10 @@ def run_cmd(
                   options=options)
         for s in parse_seeds(seed)
     ]
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     outcomes = []
     for config in configs:
-        outcome = _launch(config, launch)
+        outcome = runner.launch(config)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
         console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
@@ -366,28 +438,21 @@ def run_cmd(
     console.print(_summary_table(outcomes))
 
 
-def _launch_options(launcher: str, num_gpus: int | None, num_nodes: int, hostfile: Path | None,
-                    deepspeed_config: Path | None) -> Any:
-    if launcher == "local":
-        if num_gpus not in (None, 1) or num_nodes != 1 or hostfile or deepspeed_config:
-            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed")
-        return None
-    try:
-        from runners import LaunchOptions
-    except ImportError as exc:
-        raise BenchError(f"launcher '{launcher}' is not available: {exc}") from exc
-    return LaunchOptions(launcher=launcher, num_gpus=num_gpus, num_nodes=num_nodes, hostfile=hostfile,
-                         deepspeed_config=deepspeed_config)
+def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,
+            deepspeed_config: Path | None) -> Any:
+    """The runner for ``--launcher`` with its ``--launch-opt``s (and the DeepSpeed shorthand flags) validated."""
+    from runners import RUNNERS, make_runner, parse_launch_opts
 
-
-def _launch(config: Any, launch: Any) -> Any:
-    if launch is None:
-        from benchmark.run import execute
-
-        return execute(config)
-    from runners import launch as run_launch
-
-    return run_launch(config, launch)
+    options = parse_launch_opts(launch_opt)
+    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes if num_nodes != 1 else None, "hostfile": hostfile,
+                  "deepspeed_config": deepspeed_config}
+    given = {key: value for key, value in shorthands.items() if value is not None}
+    if given:
+        if RUNNERS.resolve_name(launcher) != "deepspeed":
+            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed "
+                             "(other launchers take --launch-opt key=value)")
+        options = {**given, **options}
+    return make_runner(launcher, options)
 
 
 @app.command("kernel")
@@ -411,7 +476,7 @@ def kernel_cmd(
     """Compute a kernel method's kernels and save them (reference file layout) without solving."""
     from benchmark.config import RunConfig
     from benchmark.methods.kernel import KernelMethod, export_kernels
-    from benchmark.run import build_context, resolve_method
+    from benchmark.run import build_context, resolve_run
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
@@ -419,14 +484,69 @@ def kernel_cmd(
                        data_dir=data_dir, template=template, label_words=parse_label_words(label_words),
                        test_cap=test_cap, binary=binary, device=device, cache_dir=cache_dir,
                        options=parse_options(opt, []))
-    kernel_method = resolve_method(config)
+    run = resolve_run(config)
+    kernel_method = run.method
     if not isinstance(kernel_method, KernelMethod):
         raise BenchError(f"'{method}' is not a kernel method; use ntk-sgd, ntk-signgd, ntk-adam, lora-ntk-sgd or "
                          "lora-ntk-adam")
-    with build_context(config) as ctx:
+    with build_context(run) as ctx:
         paths = export_kernels(kernel_method, ctx, out)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
+
+
+def experiment_links(uri: str, base_url: str) -> list[str]:
+    """``name: URL`` of each experiment's runs table (headline columns shown) in the MLflow UI at ``base_url``.
+
+    Experiments made before the suite tagged them get the classic-ML kind and the headline view tags here.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import EXPERIMENT_TAGS, HEADLINE_VIEW
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiments = [e for e in client.search_experiments() if e.name != "Default"]
+        for experiment in experiments:
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in experiment.tags:
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
+    except Exception:  # an empty, read-only or foreign store: the UI still opens
+        return []
+    return [f"{e.name}: {base_url}/#/experiments/{e.experiment_id}/runs?viewStateShareKey={HEADLINE_VIEW}"
+            for e in experiments]
+
+
+def serve_until_signal(command: list[str]) -> int:
+    """Run ``command`` (a server) in its own process group until it exits, Ctrl-C or SIGTERM.
+
+    On SIGINT or SIGTERM the whole group is terminated (killed after 10 s), so no worker keeps the port.
+    """
+    import signal
+    import subprocess
+
+    process = subprocess.Popen(command, start_new_session=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("ui")
@@ -435,14 +555,43 @@ def ui_cmd(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
 ) -> None:
-    """Start the MLflow UI on the tracking store."""
-    import subprocess
-
+    """Start the MLflow UI on the tracking store (stopped, with its workers, by Ctrl-C or SIGTERM)."""
     from benchmark.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
-    console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    base_url = f"http://{host}:{port}"
+    console.print(f"MLflow UI for {uri} at {base_url} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    for line in experiment_links(uri, base_url):
+        console.print(f"  runs of {line}", highlight=False, soft_wrap=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", "1"]
+    code = serve_until_signal(command)
+    if code == 130:
+        err_console.print("stopped the MLflow UI")
+    raise typer.Exit(code)
+
+
+@app.command("server")
+def server_cmd(
+    backend_store_uri: Annotated[str | None, typer.Option(
+        "--backend-store-uri", help="SQL store: sqlite:///PATH, postgresql://... (default: the default store)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(
+        "--artifacts", help="where the server keeps artifacts (default: next to a SQLite file)")] = None,
+    host: Annotated[str, typer.Option("--host", help="interface (MLflow has no auth: loopback by default)")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    workers: Annotated[int | None, typer.Option("--workers", help="server processes (SQLite: 1)")] = None,
+) -> None:
+    """Start one MLflow tracking server (SQL store, served artifacts) for every node: --tracking-uri http://HOST:PORT."""
+    import subprocess
+
+    from benchmark.server import server_command
+    from benchmark.tracking import default_tracking_uri
+
+    command = server_command(backend_store_uri or default_tracking_uri(), artifacts=artifacts, host=host, port=port,
+                             workers=workers)
+    console.print(f"MLflow server for {command[5]} (artifacts in {command[8]}) at http://{host}:{port}; "
+                  f"use --tracking-uri http://{host}:{port} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
     raise typer.Exit(subprocess.call(command))
 
 
@@ -450,6 +599,8 @@ def ui_cmd(
 def sweep_cmd(
     file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
     tasks: Annotated[str | None, typer.Option("--tasks", help="tasks, comma-separated")] = None,
+    task_file: Annotated[list[Path] | None, typer.Option(
+        "--task-file", help="a TaskSpec YAML/TOML file (repeatable); its task is added to the sweep's")] = None,
     methods: Annotated[str | None, typer.Option("--methods", help="methods, comma-separated")] = None,
     k: Annotated[str | None, typer.Option("--k", help="k values, comma-separated")] = None,
     seeds: Annotated[list[str] | None, typer.Option("--seeds", help="seeds, comma-separated, or 'all'")] = None,
@@ -465,25 +616,31 @@ def sweep_cmd(
     experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and which are done; run nothing")] = False,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running "
+                                       "(slurm: for the submitted jobs; --no-wait prints the job id)")] = True,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1,
+                                                     help="slurm: array tasks running at once")] = None,
+    status: Annotated[bool, typer.Option("--status", help="slurm: where each cell stands; submits nothing")] = False,
 ) -> None:
     """Run a grid of cells (tasks x methods x k x seeds x grid points), skipping finished ones (resumable)."""
     from benchmark import sweep as sw
 
     overrides = {
-        "tasks": tasks, "methods": methods, "k": k, "seeds": parse_seeds(seeds) if seeds else None,
+        "tasks": tasks, "task_files": task_file or None, "methods": methods, "k": k,
+        "seeds": parse_seeds(seeds) if seeds else None,
         "backbones": backbone, "templates": template or None, "data_dir": data_dir, "test_cap": test_cap,
         "batch_size": batch_size, "device": device, "tracking_uri": tracking_uri, "experiment": experiment,
         "cache_dir": cache_dir,
     }
     spec = sw.spec_from_cli(file, overrides, opt, grid)
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     if dry_run:
         from benchmark.tracking import default_tracking_uri
 
@@ -494,8 +651,22 @@ def sweep_cmd(
         counts = {state: sum(s == state for _, s in states) for state in dict.fromkeys(s for _, s in states)}
         console.print(", ".join(f"{state}: {n}" for state, n in counts.items()), highlight=False)
         return
+    if hasattr(runner, "sweep"):  # a runner that submits a whole sweep at once (slurm)
+        report = runner.sweep(spec, wait=wait, max_parallel=max_parallel, status=status, console=console)
+        if status or not wait:
+            return
+        for line in sw.summary_lines(report):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if report.failed or report.count("not run", "pending", "running"):
+            sys.exit(1)
+        return
+    if status or max_parallel is not None:
+        raise BenchError(f"--status and --max-parallel are for --launcher slurm (not '{launcher}'); "
+                         "--dry-run shows a local sweep's cells")
     try:
-        report = sw.run_sweep(spec, launch_options=launch, fail_fast=fail_fast, wait=wait, console=console)
+        from runners import sweep_runner
+
+        report = sw.run_sweep(spec, runner=sweep_runner(runner), fail_fast=fail_fast, wait=wait, console=console)
     except KeyboardInterrupt:  # typer would swallow it (exit code 0 under standalone_mode=False)
         err_console.print("aborted: the running cell and the sweep are marked KILLED; rerun to resume")
         sys.exit(130)
@@ -517,6 +688,8 @@ def leaderboard_cmd(
     metric: Annotated[str, typer.Option("--metric", help="acc | f1 (F1 where the task reports it)")] = "acc",
     seeds: Annotated[list[str] | None,
                      typer.Option("--seeds", help="expected seeds (default: the sweep's, else LM-BFF's)")] = None,
+    from_selections: Annotated[Path | None, typer.Option(
+        "--from-selections", help="rebuild from an earlier leaderboard's selections.csv instead of a store")] = None,
 ) -> None:
     """Aggregate MLflow runs: best dev per seed, mean ± std over seeds, FT vs. kernel; md, html or csv."""
     import shlex
@@ -533,8 +706,19 @@ def leaderboard_cmd(
     if fmt not in ("md", "html", "csv"):
         raise BenchError(f"--format must be md, html or csv, got '{fmt}'")
     try:
-        board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
-                      seeds=parse_seeds(seeds) if seeds else None, reference=reference)
+        if from_selections is not None:
+            from leaderboard import from_runs
+            from leaderboard.collect import runs_from_selections
+
+            board = from_runs(runs_from_selections(from_selections), k=k, backbone=backbone,
+                              metric=metric,  # type: ignore[arg-type]
+                              seeds=parse_seeds(seeds) if seeds else None, reference=reference,
+                              source=str(from_selections), experiment=experiment)
+            board.source_kind = ("the runs an earlier leaderboard selected (its MLflow store is not here; "
+                                 "diagnostic metrics and unselected runs are not in that file)")
+        else:
+            board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
+                          seeds=parse_seeds(seeds) if seeds else None, reference=reference)
         board.command = "bench " + shlex.join(sys.argv[1:])
         if to_dir:
             assert out is not None

@@ -1,7 +1,7 @@
 """Sweeps: expand a grid of cells, run each through a runner, and resume where an interrupted sweep stopped.
 
 A **cell** is one `RunConfig` (task, method, backbone, k, seed, template, options with one grid
-point), identified by `RunConfig.config_hash` (MLflow tag ``config_hash``). A method's
+point), identified by `ResolvedRun.config_hash` (MLflow tag ``config_hash``). A method's
 hyper-parameter grid is expanded into separate cells, each its own run, so that the leaderboard's
 best-dev-per-seed selection chooses among them, as the reference's result gathering does.
 
@@ -63,7 +63,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmark.config import LMBFF_SEEDS, RunConfig
+from kernel_bench_data import resolve_data_dir
 from registry import BenchError
+from registry.specs import read_text_file
 
 CellStatus = Literal["pending", "done", "skipped", "running", "failed", "elsewhere", "waiting", "not run"]
 
@@ -107,6 +109,7 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
 
     tasks: list[str] = Field(min_length=1)
+    task_files: list[Path] = Field(default_factory=list, description="TaskSpec files; their names are in tasks")
     methods: dict[str, MethodGrid] = Field(min_length=1)
     k: list[int] = Field(default=[16], min_length=1)
     seeds: list[int] = Field(default=list(LMBFF_SEEDS), min_length=1)
@@ -175,9 +178,7 @@ class SweepSpec(BaseModel):
 def load_sweep_file(path: Path) -> dict[str, Any]:
     """The raw mapping of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"sweep file '{path}' does not exist")
-    text = path.read_text()
+    text = read_text_file(path, "sweep file")
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -222,6 +223,7 @@ class Cell:
     seconds: float = 0.0
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -248,10 +250,12 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
     unknown names, bad options and missing data directories raise `BenchError` before anything runs.
     """
     from benchmark.backbones import resolve_backbone
-    from registry import METHODS, TASKS, load_builtins
+    from benchmark.resolve import resolve_run
+    from registry import METHODS, TASKS, load_builtins, load_task_file
 
     load_builtins()
-    tasks = list(dict.fromkeys(TASKS.resolve_name(t) for t in spec.tasks))
+    file_tasks = {load_task_file(path).name: Path(path) for path in spec.task_files}
+    tasks = list(dict.fromkeys(t if t in file_tasks else TASKS.resolve_name(t) for t in spec.tasks))
     methods: dict[str, MethodGrid] = {}
     for name, entry in spec.methods.items():
         canonical = METHODS.resolve_name(name)
@@ -260,10 +264,9 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         methods[canonical] = entry
     for backbone in spec.backbones:
         resolve_backbone(backbone)
-    if spec.data_dir is not None and not Path(spec.data_dir).expanduser().is_dir():
+    if spec.data_dir is not None and not resolve_data_dir(spec.data_dir).is_dir():
         raise BenchError(f"--data-dir '{spec.data_dir}' does not exist")
     cells: list[Cell] = []
-    validated: set[str] = set()
     for backbone, task, (method, entry), k, template in itertools.product(
         spec.backbones, tasks, methods.items(), spec.k, spec.templates
     ):
@@ -277,16 +280,15 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
         for point in grid_points(grid):
             for seed in spec.seeds:
                 config = RunConfig(
-                    task=task, method=method, backbone=backbone, k=k, seed=seed, data_dir=spec.data_dir,
+                    task=task, task_file=file_tasks.get(task), method=method, backbone=backbone, k=k, seed=seed,
+                    data_dir=spec.data_dir,
                     template=template, test_cap=spec.test_cap, binary=spec.binary, batch_size=spec.batch_size,
                     device=spec.device, tracking_uri=tracking_uri or spec.tracking_uri,
                     experiment=spec.experiment, cache_dir=spec.cache_dir, options={**options, **point},
                 )
-                key = json.dumps([method, config.options], sort_keys=True, default=str)
-                if key not in validated:
-                    METHODS.get(method).from_config(config)  # options checked once per method and point
-                    validated.add(key)
-                cells.append(Cell(index=len(cells), config=config, hash=config.config_hash()))
+                run = resolve_run(config)  # everything checked (incl. label words) before any cell runs
+                cells.append(Cell(index=len(cells), config=run.config, hash=run.config_hash(),
+                                  identity=run.identity()))
     seen: dict[str, Cell] = {}
     for cell in cells:
         if cell.hash in seen:
@@ -390,7 +392,9 @@ def open_store(tracking_uri: str | None, experiment: str, cache_dir: Path | None
             found = client.get_experiment_by_name(experiment)
             if found is None and not create:
                 return None
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            from benchmark.tracking import EXPERIMENT_TAGS
+
+            experiment_id = found.experiment_id if found else client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         except Exception as exc:  # MLflow raises many types for a bad store
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BenchError(f"cannot use MLflow tracking store '{uri}': {first}") from None
@@ -525,6 +529,7 @@ def _adopt_runs(config: RunConfig, parent_run_id: str, since_ms: int) -> None:
     """Set the parent of the runs of ``config`` created since ``since_ms`` (launchers that cannot)."""
     from mlflow.tracking import MlflowClient
 
+    from benchmark.resolve import resolve_run
     from benchmark.tracking import default_tracking_uri
 
     client = MlflowClient(tracking_uri=config.tracking_uri or default_tracking_uri())
@@ -532,7 +537,7 @@ def _adopt_runs(config: RunConfig, parent_run_id: str, since_ms: int) -> None:
     if found is None:
         return
     runs = client.search_runs([found.experiment_id],
-                              filter_string=f"tags.config_hash = '{config.config_hash()}' and "
+                              filter_string=f"tags.config_hash = '{resolve_run(config).config_hash()}' and "
                                             f"attributes.start_time >= {since_ms}")
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags:
@@ -602,7 +607,7 @@ class Sweep:
         tracker = Tracker(client, self.parent_run_id, self.store.experiment_id)
         if self.spec is not None:
             tracker.log_json(self.spec.model_dump(mode="json", by_alias=False), "sweep.json")
-        tracker.log_json([{"hash": c.hash, **c.config.identity()} for c in self.cells], "cells.json")
+        tracker.log_json([{"hash": c.hash, **c.identity} for c in self.cells], "cells.json")
 
     def _close_parent(self, status: str) -> None:
         if not self.parent_run_id:
@@ -901,10 +906,18 @@ def spec_from_cli(file: Path | None, overrides: dict[str, Any], opts: list[str],
     """A `SweepSpec` from a sweep file (if any) with CLI values (those not None) on top."""
     data: dict[str, Any] = load_sweep_file(file) if file is not None else {}
     source = str(file) if file is not None else "sweep"
+    overrides = dict(overrides)
+    task_files = [Path(f) for f in overrides.pop("task_files", None) or []]
     for key, value in overrides.items():
         if value is not None:
             data.pop({"backbones": "backbone", "templates": "template"}.get(key, ""), None)
             data[key] = value
+    if task_files:  # --task-file adds its tasks to those of the file or --tasks
+        from registry import load_task_file
+
+        names = [load_task_file(path).name for path in task_files]
+        data["tasks"] = list(dict.fromkeys([*(_as_list(data.get("tasks")) or []), *names]))
+        data["task_files"] = [*data.get("task_files", []), *map(str, task_files)]
     if not file and not data.get("tasks"):
         raise BenchError("give a sweep file, or --tasks and --methods")
     if "methods" not in data or not data["methods"]:

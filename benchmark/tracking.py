@@ -33,6 +33,16 @@ def default_cache_dir() -> Path:
     """The cache root when none is given: ``$KERNEL_BENCH_CACHE`` if set, else ``~/.cache/kernel-bench``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "kernel-bench"
+HEADLINE_VIEW = "headline"
+"""Share key of the runs-table view with the headline columns: ``#/experiments/ID/runs?viewStateShareKey=headline``."""
+HEADLINE_COLUMNS = ("metrics.`dev_acc`", "metrics.`test_acc`", "metrics.`wall_seconds`", "tags.`task`",
+                    "tags.`method`", "tags.`backbone`", "tags.`k`", "tags.`seed`", "tags.`template`")
+# MLflow 3 opens an experiment without the kind tag as a GenAI one (on its Traces page), not on the runs table;
+# a "shared view" tag holds a runs-table state (the UI's JSON) that a link can open.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps({"selectedColumns": list(HEADLINE_COLUMNS)}),
+}
 
 
 def default_tracking_uri() -> str:
@@ -159,7 +169,8 @@ def get_or_create_experiment(client: Any, uri: str, name: str) -> str:
             if found is not None:
                 return str(found.experiment_id)
             try:
-                return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+                return str(client.create_experiment(name, artifact_location=artifact_location(uri),
+                                                    tags=EXPERIMENT_TAGS))
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise

@@ -24,6 +24,8 @@ from leaderboard.aggregate import (
     aggregate,
     attach_reference,
     diagnostics_table,
+    display_backbone,
+    headline,
     load_reference,
     paired_rows,
     paired_table,
@@ -45,8 +47,12 @@ class Leaderboard:
     pairs: pd.DataFrame
     tables: list[tuple[str, list[Table]]]
     """(section title, [task x method, paired, diagnostics]) per backbone and k."""
+    headlines: dict[str, str] = field(default_factory=dict)
+    """Section title -> one paragraph answering its question (best method, FT vs. kernel verdicts)."""
     reference: Table | None = None
     source: str = ""
+    source_kind: str = "the MLflow store"
+    """What ``source`` is (the header says: from <source_kind> `<source>`)."""
     experiment: str = ""
     metric: Metric = "acc"
     command: str = ""
@@ -66,10 +72,12 @@ def from_runs(
     experiment: str = "",
 ) -> Leaderboard:
     """Build the leaderboard from a runs frame (as `collect_runs` returns)."""
+    if not runs.empty and "backbone" in runs.columns:  # never a machine path in headings or file names
+        runs = runs.assign(backbone=runs["backbone"].map(display_backbone))
     if not runs.empty and k is not None:
         runs = runs[runs["k"] == k]
     if not runs.empty and backbone is not None:
-        runs = runs[runs["backbone"] == backbone]
+        runs = runs[runs["backbone"] == display_backbone(backbone)]
     best = select_best(runs, metric)
     agg = aggregate(best, seeds)
     ref_table = None
@@ -78,10 +86,12 @@ def from_runs(
         if not agg.empty:
             agg = attach_reference(agg, ref_frame)
         ref_table = reference_table(agg, sources) if not agg.empty else None
-    pairs = paired_rows(agg)
+    pairs = paired_rows(agg, best)
     tables: list[tuple[str, list[Table]]] = []
+    headlines: dict[str, str] = {}
     for bb, kk, section in sections(agg):
         title = f"{bb}, k = {kk}"
+        headlines[title] = headline(section, pairs, bb, kk)
         views = [task_method_table(section, f"Tasks × methods ({title})")]
         paired = paired_table(pairs, bb, kk, f"Fine-tuning vs. its kernel analog ({title})")
         if paired is not None:
@@ -90,7 +100,8 @@ def from_runs(
         if diag is not None:
             views.append(diag)
         tables.append((title, views))
-    return Leaderboard(runs=runs, best=best, agg=agg, pairs=pairs, tables=tables, reference=ref_table,
+    return Leaderboard(runs=runs, best=best, agg=agg, pairs=pairs, tables=tables, headlines=headlines,
+                       reference=ref_table,
                        source=source, experiment=experiment, metric=metric)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Literal
 
 import numpy as np
@@ -323,8 +324,68 @@ def recovered_share(kernel: float, ft: float, zero_shot: float | None) -> float 
     return 100.0 * (kernel - zero_shot) / (ft - zero_shot)
 
 
-def paired_rows(agg: pd.DataFrame) -> pd.DataFrame:
-    """View 2 as data: one row per (backbone, k, template, pair, task) where both sides have runs."""
+def display_backbone(backbone: Any) -> str:
+    """A backbone as shown: a registered name or Hub id as is, a local model path by its directory name."""
+    text = str(backbone)
+    if text.startswith(("/", ".", "~")) or "\\" in text:
+        return PurePath(text.replace("\\", "/")).name or text
+    return text
+
+
+def paired_difference(ft_runs: pd.DataFrame, kernel_runs: pd.DataFrame, confidence: float = 0.95) -> dict[str, Any]:
+    """Kernel − FT test metric (points) over the seeds both have: mean, t-interval, number of shared seeds.
+
+    The interval is Student's t at ``confidence`` on the per-seed differences (sample std, ddof=1);
+    with fewer than two shared seeds it is NaN.
+    """
+    from scipy import stats
+
+    merged = ft_runs[["seed", "test"]].merge(kernel_runs[["seed", "test"]], on="seed", suffixes=("_ft", "_kernel"))
+    diffs = (merged["test_kernel"].to_numpy(dtype=float) - merged["test_ft"].to_numpy(dtype=float)) * 100
+    n = len(diffs)
+    mean = float(diffs.mean()) if n else math.nan
+    low = high = math.nan
+    if n >= 2:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
+        low, high = mean - half, mean + half
+    return {"diff_mean": mean, "diff_low": low, "diff_high": high, "n_shared": n,
+            "shared_seeds": ",".join(str(int(s)) for s in sorted(merged["seed"]))}
+
+
+def training_budget(runs: pd.DataFrame) -> str:
+    """The steps and learning rate(s) of the selected fine-tuning runs (``opt.*`` params), e.g. ``300 steps, lr 1e-4``.
+
+    Values the runs did not set are the method's defaults (shown as ``default``); several values over
+    seeds (a grid) are listed.
+    """
+    parts = []
+    for column, unit in (("opt.steps", "steps"), ("opt.lr", "lr")):
+        values = runs[column].dropna().astype(str).unique().tolist() if column in runs.columns else []
+        shown = "/".join(sorted(values, key=_numeric_key)) if values else "default"
+        parts.append(f"{shown} {unit}" if unit == "steps" else f"{unit} {shown}")
+    return ", ".join(parts)
+
+
+def _numeric_key(text: str) -> tuple[float, str]:
+    try:
+        return float(text), text
+    except ValueError:
+        return math.inf, text
+
+
+def _runs_of(best: pd.DataFrame, backbone: str, k: int, template: str, task: str, method: str) -> pd.DataFrame:
+    if best.empty:
+        return best
+    return best[(best["backbone"] == backbone) & (best["k"] == k) & (best["template"] == template)
+                & (best["task"] == task) & (best["method"] == method)]
+
+
+def paired_rows(agg: pd.DataFrame, best: pd.DataFrame | None = None) -> pd.DataFrame:
+    """View 2 as data: one row per (backbone, k, template, pair, task) where both sides have runs.
+
+    With ``best`` (the per-seed selection) each row also has the paired difference over the shared
+    seeds (`paired_difference`) and the fine-tuning runs' budget (`training_budget`).
+    """
     rows: list[dict[str, Any]] = []
     for backbone, k, section in sections(agg):
         for template in sorted(section["template"].unique()):
@@ -335,7 +396,7 @@ def paired_rows(agg: pd.DataFrame) -> pd.DataFrame:
                     if a is None or b is None:
                         continue
                     zs = zero_shot_mean(agg, task, backbone, k, template)
-                    rows.append({
+                    row = {
                         "backbone": backbone, "k": k, "template": template, "task": task,
                         "ft_method": ft, "kernel_method": kernel,
                         "ft_mean": a["mean"], "ft_std": a["std"], "ft_seeds": int(a["n_seeds"]),
@@ -343,34 +404,108 @@ def paired_rows(agg: pd.DataFrame) -> pd.DataFrame:
                         "ft_expected": int(a["n_expected"]), "kernel_expected": int(b["n_expected"]),
                         "gap": b["mean"] - a["mean"], "zero_shot": zs,
                         "recovered": recovered_share(b["mean"], a["mean"], zs),
-                    })
+                    }
+                    if best is not None and not best.empty:
+                        ft_runs = _runs_of(best, backbone, k, template, task, ft)
+                        row.update(paired_difference(ft_runs, _runs_of(best, backbone, k, template, task, kernel)))
+                        row["ft_budget"] = training_budget(ft_runs)
+                    rows.append(row)
     return pd.DataFrame(rows)
 
 
+def within_noise(row: Any) -> str:
+    """``within noise`` when the difference's interval holds 0, else which side is better; ``–`` without one."""
+    low, high = _maybe(row.get("diff_low")), _maybe(row.get("diff_high"))
+    if low is None or high is None:
+        return "–"
+    if low <= 0 <= high:
+        return "within noise"
+    return "kernel better" if low > 0 else "FT better"
+
+
+def _interval(row: Any) -> str | None:
+    mean, low, high = _maybe(row.get("diff_mean")), _maybe(row.get("diff_low")), _maybe(row.get("diff_high"))
+    if mean is None:
+        return None
+    if low is None or high is None:
+        return f"{mean:+.1f}"
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+RECOVERED_NOTE = (
+    "recovered = (kernel − zero-shot) / (FT − zero-shot) with the means over seeds: the share of fine-tuning's gain "
+    "over zero-shot that the kernel analog reaches ('–' when FT does not beat zero-shot or zero-shot is missing). "
+    "It exceeds 100% when the kernel beats FT, and with a small FT gain (a few points here) seed noise of ±1 point "
+    "moves it by tens of percent: read it with the paired interval"
+)
+PAIRED_NOTE = (
+    "kernel − FT: mean over the seeds both have of the per-seed difference of test metrics (points), with its 95% "
+    "Student-t interval [low, high] over n shared seeds; 'within noise' when the interval holds 0"
+)
+
+
 def paired_table(pairs: pd.DataFrame, backbone: str, k: int, title: str) -> Table | None:
-    """View 2: each fine-tuning method next to its kernel analog, the gap, and the share of FT's gain recovered."""
+    """View 2: each FT method next to its kernel analog, the paired difference with its interval, the share of
+    FT's gain recovered, and FT's training budget."""
     sub = pairs[(pairs["backbone"] == backbone) & (pairs["k"] == k)] if not pairs.empty else pairs
     if sub.empty:
         return None
+    paired = "diff_mean" in sub.columns
     rows: list[list[Value]] = []
     for (template, ft, kernel), group in sub.groupby(["template", "ft_method", "kernel_method"], sort=False):
         label = f"{row_label(ft, template)} | {row_label(kernel, template)}"
         for i, (_, r) in enumerate(group.iterrows()):
+            extra = [_interval(r), int(r["n_shared"]), within_noise(r)] if paired else [f"{r['gap']:+.1f}"]
             rows.append([label if i == 0 else "", r["task"],
                          Cell(r["ft_mean"], r["ft_std"], r["ft_seeds"], r["ft_expected"]),
                          Cell(r["kernel_mean"], r["kernel_std"], r["kernel_seeds"], r["kernel_expected"]),
-                         f"{r['gap']:+.1f}", _maybe(r["zero_shot"]), _share(r["recovered"])])
+                         *extra, _maybe(r["zero_shot"]), _share(r["recovered"]),
+                         *([r.get("ft_budget", "")] if paired else [])])
         if len(group) > 1:
             zs = group["zero_shot"]
             shares = group["recovered"].dropna()
-            rows.append(["", "Avg", Cell(group["ft_mean"].mean()), Cell(group["kernel_mean"].mean()),
-                         f"{group['gap'].mean():+.1f}", _maybe(zs.mean()) if zs.notna().all() else None,
-                         _share(shares.mean()) if len(shares) == len(group) else None])
-    notes = ["gap = kernel − FT (points); recovered = (kernel − zero-shot) / (FT − zero-shot), "
-             "the share of fine-tuning's gain over zero-shot that the kernel analog reaches ('–' when FT "
-             "does not beat zero-shot or zero-shot is missing)"]
-    return Table(title=title, columns=["FT | kernel", "task", "FT", "kernel", "gap", "zero-shot", "recovered"],
-                 rows=rows, notes=notes, key="paired")
+            extra = ["", "", ""] if paired else [f"{group['gap'].mean():+.1f}"]
+            rows.append(["", "Avg", Cell(group["ft_mean"].mean()), Cell(group["kernel_mean"].mean()), *extra,
+                         _maybe(zs.mean()) if zs.notna().all() else None,
+                         _share(shares.mean()) if len(shares) == len(group) else None, *([""] if paired else [])])
+    if paired:
+        columns = ["FT | kernel", "task", "FT", "kernel", "kernel − FT [95% CI]", "n", "verdict", "zero-shot",
+                   "recovered", "FT budget"]
+        notes = [PAIRED_NOTE, RECOVERED_NOTE, "FT budget: training steps and learning rate of the selected "
+                 "fine-tuning runs ('default': the method's default, not set in the runs)"]
+    else:
+        columns = ["FT | kernel", "task", "FT", "kernel", "gap", "zero-shot", "recovered"]
+        notes = ["gap = kernel − FT (points); " + RECOVERED_NOTE]
+    return Table(title=title, columns=columns, rows=rows, notes=notes, key="paired")
+
+
+def headline(section: pd.DataFrame, pairs: pd.DataFrame, backbone: str, k: int) -> str:
+    """One paragraph answering the section's question: the best method, zero-shot, and each FT | kernel verdict."""
+    best = section.loc[section["mean"].idxmax()]
+    tasks = task_order(section["task"])
+    parts = [f"{len(tasks)} task{'s' if len(tasks) > 1 else ''} ({', '.join(tasks)}), "
+             f"{section['method'].nunique()} methods."]
+    parts.append(f"Best: {row_label(best['method'], best['template'])} on {best['task']} with "
+                 f"{best['mean']:.1f} ({best['std']:.1f}).")
+    zs = section[section["method"] == ZERO_SHOT]
+    if not zs.empty:
+        parts.append("Zero-shot: " + ", ".join(f"{r['mean']:.1f} on {r['task']}" + (
+            f" [{r['template']}]" if r["template"] != "default" else "") for _, r in zs.iterrows()) + ".")
+    sub = pairs[(pairs["backbone"] == backbone) & (pairs["k"] == k)] if not pairs.empty else pairs
+    if not sub.empty and "diff_mean" in sub.columns:
+        verdicts = [within_noise(r) for _, r in sub.iterrows()]
+        noise = verdicts.count("within noise")
+        parts.append(f"Fine-tuning vs. its kernel analog: {noise} of {len(sub)} pairs within noise (95% paired "
+                     "interval over the shared seeds holds 0)" + ("" if noise == len(sub) else "; ") + "; ".join(
+                         f"{row_label(r['ft_method'], r['template'])} | {row_label(r['kernel_method'], r['template'])}"
+                         f" on {r['task']}: "
+                         f"{_interval(r)} ({v}, {int(r['n_shared'])} seeds)"
+                         for (_, r), v in zip(sub.iterrows(), verdicts, strict=True) if v != "within noise") + ".")
+        widest = sub.loc[(sub["diff_high"] - sub["diff_low"]).idxmax()] if sub["diff_low"].notna().any() else None
+        if widest is not None:
+            parts.append(f"The widest interval spans {widest['diff_high'] - widest['diff_low']:.1f} points: "
+                         "differences smaller than that are not resolved by these seeds.")
+    return " ".join(parts)
 
 
 def _maybe(value: Any) -> float | None:

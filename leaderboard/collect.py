@@ -175,3 +175,30 @@ def collect_runs(tracking_uri: str | None = None, experiment: str = "kernel-benc
             if parent.info.run_id in parent_ids:
                 parents[parent.info.run_id] = parent
     return runs_frame(runs, parents)
+
+
+def runs_from_selections(path: str | Path) -> pd.DataFrame:
+    """The runs a leaderboard selected, read back from its ``selections.csv`` (one best-dev run per group and seed).
+
+    Rebuilds a leaderboard where the MLflow store is gone: selection over the grid is already done, so
+    the per-seed numbers are those of the original runs; what the CSV does not hold (diagnostic metrics,
+    the runs that were not selected) is absent. Raises `LeaderboardError` for a missing or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LeaderboardError(f"selections file '{path}' does not exist")
+    frame = pd.read_csv(path, dtype={"config_hash": str, "run_id": str})
+    needed = {"backbone", "k", "template", "task", "method", "seed", "dev_metric", "dev", "test_metric", "test"}
+    if not needed <= set(frame.columns):
+        raise LeaderboardError(f"'{path}' is not a leaderboard selections.csv (missing "
+                               f"{', '.join(sorted(needed - set(frame.columns)))})")
+    rows = frame.drop(columns=["dev", "test", "dev_metric", "test_metric", "n_trials"], errors="ignore")
+    for metric in ("dev", "test"):  # back to the metric columns the runs had (dev_acc, test_f1, ...)
+        for name, part in frame.groupby(f"{metric}_metric"):
+            rows.loc[part.index, str(name)] = part[metric]
+    rows["status"] = "FINISHED"
+    rows["end_time"] = range(len(rows))
+    for column in ("opt.steps", "opt.lr", "opt.eval_every"):
+        if column in rows.columns:
+            rows[column] = rows[column].map(lambda v: None if pd.isna(v) else f"{v:g}" if isinstance(v, float) else v)
+    return rows

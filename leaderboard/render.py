@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from leaderboard.aggregate import PAIRS, Cell, Table, format_value, row_label, task_order
+from leaderboard.aggregate import PAIRS, Cell, Table, format_value, row_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,9 +43,9 @@ def _slug(text: str) -> str:
 
 def short_name(backbone: str) -> str:
     """A local model path's last component (for plot titles); registered names and Hub ids unchanged."""
-    if backbone.startswith(("/", ".", "~")):
-        return Path(backbone).name or backbone
-    return backbone
+    from leaderboard.aggregate import display_backbone
+
+    return display_backbone(backbone)
 
 
 def plot_groups(pairs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
@@ -59,36 +59,33 @@ def plot_groups(pairs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return out
 
 
-def bars_figure(group: pd.DataFrame, title: str) -> Figure:
-    """Per-task bars of each FT method and its kernel analog, with std error bars and zero-shot ticks."""
+def diff_figure(group: pd.DataFrame, title: str) -> Figure:
+    """Per task and pair: kernel − FT (points) over the shared seeds with its 95% t-interval, around 0."""
     from matplotlib.figure import Figure
 
-    present = [(ft, kernel) for ft, kernel in PAIRS
-               if ((group["ft_method"] == ft) & (group["kernel_method"] == kernel)).any()]
-    tasks = task_order(group["task"])
-    fig = Figure(figsize=(max(6.0, 0.75 * len(tasks) + 2.5), 2.9 * len(present) + 0.6), layout="constrained")
-    axes = fig.subplots(len(present), 1, squeeze=False)[:, 0]
-    width = 0.38
-    for ax, (ft, kernel) in zip(axes, present, strict=True):
-        rows = group[(group["ft_method"] == ft) & (group["kernel_method"] == kernel)].set_index("task")
-        xs = [i for i, t in enumerate(tasks) if t in rows.index]
-        sub = rows.loc[[tasks[i] for i in xs]]
-        ax.bar([x - width / 2 for x in xs], sub["ft_mean"], width, yerr=sub["ft_std"], capsize=3,
-               label=ft, color="#4C72B0")
-        ax.bar([x + width / 2 for x in xs], sub["kernel_mean"], width, yerr=sub["kernel_std"], capsize=3,
-               label=kernel, color="#DD8452")
-        zs = sub["zero_shot"].astype(float)
-        if zs.notna().any():
-            ax.scatter(xs, zs, marker="_", s=500, color="black", zorder=3, label="zero-shot")
-        ax.set_xticks(range(len(tasks)), tasks)
-        ax.set_xlim(-0.6, len(tasks) - 0.4)
-        ax.set_ylabel("test (%)")
-        low = min(float(sub[["ft_mean", "kernel_mean"]].min().min()), float(zs.min()) if zs.notna().any() else 100)
-        ax.set_ylim(max(0.0, low - 15), 100)
-        ax.set_title(f"{ft} vs {kernel}", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Fine-tuning vs. kernel analog per task ({title})", fontsize=11, wrap=True)
+    rows = group.reset_index(drop=True)
+    labels = [f"{r['ft_method']} | {r['kernel_method']}\n{r['task']}" for _, r in rows.iterrows()]
+    fig = Figure(figsize=(6.4, 0.55 * len(rows) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    ys = list(range(len(rows)))[::-1]
+    has_ci = "diff_low" in rows.columns
+    means = rows["diff_mean"] if "diff_mean" in rows.columns else rows["gap"]
+    for y, (_, r), mean in zip(ys, rows.iterrows(), means, strict=True):
+        low, high = (r["diff_low"], r["diff_high"]) if has_ci else (float("nan"), float("nan"))
+        color = "#4C72B0" if pd.isna(low) or low <= 0 <= high else ("#55A868" if low > 0 else "#C44E52")
+        if not pd.isna(low):
+            ax.plot([low, high], [y, y], color=color, linewidth=2)
+        ax.plot([mean], [y], "o", color=color)
+        ax.annotate(f"n={int(r['n_shared'])}" if "n_shared" in r else "", (mean, y), xytext=(0, 6),
+                    textcoords="offset points", fontsize=7, ha="center")
+    ax.axvline(0, color="gray", linestyle="--", linewidth=1)
+    span = pd.concat([means, rows.get("diff_low", means), rows.get("diff_high", means)]).abs().max()
+    span = float(span) * 1.15 if pd.notna(span) and span > 0 else 1.0
+    ax.set_xlim(-span, span)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlabel("kernel − fine-tuning, test (points); bar: 95% paired t-interval")
+    ax.set_title(f"Kernel analog minus fine-tuning, paired over seeds\n({title})", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 
@@ -124,8 +121,8 @@ def figures(board: Leaderboard) -> list[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every plot of the leaderboard."""
     out = []
     for slug, title, group in plot_groups(board.pairs):
-        out.append((f"bars-{slug}", f"Per-task test metric of each FT method and its kernel analog ({title}); "
-                    "error bars: std over seeds; black ticks: zero-shot", bars_figure(group, title)))
+        out.append((f"diff-{slug}", f"Kernel analog minus fine-tuning per task over the shared seeds ({title}); "
+                    "bars: 95% paired t-interval; dashed: no difference", diff_figure(group, title)))
         out.append((f"scatter-{slug}", f"Kernel analog vs. fine-tuning across tasks ({title}); dashed: diagonal",
                     scatter_figure(group, title)))
     return out
@@ -165,7 +162,7 @@ def table_markdown(table: Table) -> str:
 
 def _header(board: Leaderboard) -> list[str]:
     return [
-        f"Generated {board.generated} from the MLflow store `{board.source}`, experiment `{board.experiment}` "
+        f"Generated {board.generated} from {board.source_kind} `{board.source}`, experiment `{board.experiment}` "
         f"({len(board.runs)} finished runs, {len(board.agg)} groups). Regenerate with `{board.command or REGENERATE}`.",
         "",
         CONVENTIONS,
@@ -180,6 +177,8 @@ def to_markdown(board: Leaderboard, *, plots_dir: Path | None = None, plots_link
         lines += ["*No finished runs with dev and test metrics match.*", ""]
     for title, tables in board.tables:
         lines += [f"## {title}", ""]
+        if board.headlines.get(title):
+            lines += [f"**At a glance.** {board.headlines[title]}", ""]
         for table in tables:
             lines += [table_markdown(table)]
     if board.reference is not None:
@@ -210,6 +209,7 @@ tr:nth-child(even) td { background: #fafafa; }
 td.best { font-weight: bold; background: #e8f3e8 !important; }
 p.note { font-size: .82em; color: #555; margin: .15em 0; font-style: italic; }
 p.meta { font-size: .9em; color: #444; }
+p.headline { background: #f4f8fc; border-left: 4px solid #4C72B0; padding: .5em .8em; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: .85em; color: #555; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
@@ -245,6 +245,8 @@ def to_html(board: Leaderboard) -> str:
         body.append("<p><em>No finished runs with dev and test metrics match.</em></p>")
     for title, tables in board.tables:
         body.append(f"<h2>{html.escape(title)}</h2>")
+        if board.headlines.get(title):
+            body.append(f'<p class="headline"><strong>At a glance.</strong> {html.escape(board.headlines[title])}</p>')
         body += [table_html(t) for t in tables]
     if board.reference is not None:
         body += ["<h2>Published numbers</h2>", table_html(board.reference)]

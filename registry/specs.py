@@ -7,13 +7,27 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from registry.errors import BenchError
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _str_keys(value: object) -> object:
+    """YAML/TOML reads ``{0: negative}`` with int keys: file label values and label names are strings here."""
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, int | float) and not isinstance(k, bool) else k: v for k, v in value.items()}
+    return value
+
+
+def _str_items(value: object) -> object:
+    """``labels: [0, 1]`` in a YAML file means the label names "0" and "1"."""
+    if isinstance(value, list | tuple):
+        return tuple(str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+    return value
 
 
 class HubSource(_Spec):
@@ -31,6 +45,9 @@ class HubSource(_Spec):
     )
     drop_labels: tuple[str, ...] = Field(default=(), description="Hub label values whose rows are dropped (SNLI: -1)")
 
+    _keys = field_validator("label_map", mode="before")(classmethod(lambda cls, v: _str_keys(v)))
+    _drop = field_validator("drop_labels", mode="before")(classmethod(lambda cls, v: _str_items(v)))
+
 
 class LocalSource(_Spec):
     """The task's files in LM-BFF's ``original/<dir>/`` layout."""
@@ -44,6 +61,8 @@ class LocalSource(_Spec):
     label_column: str | int
     label_map: dict[str, str] | None = Field(default=None, description="file label value -> our label name")
     skip_bad_rows: bool = Field(default=False, description="drop rows with too few fields (GLUE TSV quirks)")
+
+    _keys = field_validator("label_map", mode="before")(classmethod(lambda cls, v: _str_keys(v)))
 
 
 class TaskSpec(_Spec):
@@ -62,6 +81,9 @@ class TaskSpec(_Spec):
     first_sent_limit: int | None = None
     other_sent_limit: int | None = None
     report_f1: bool = Field(default=False, description="also report binary F1 of the positive label (MRPC, QQP)")
+
+    _labels = field_validator("labels", mode="before")(classmethod(lambda cls, v: _str_items(v)))
+    _words = field_validator("label_words", mode="before")(classmethod(lambda cls, v: _str_keys(v)))
 
     @property
     def num_labels(self) -> int:
@@ -110,12 +132,28 @@ class BackboneSpec(_Spec):
     description: str = ""
 
 
+def read_text_file(path: str | Path, what: str) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file raises a one-line `BenchError`.
+
+    ``what`` names the file in the message (e.g. "task file").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{what} '{path}' does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise BenchError(f"{what} '{path}' is not UTF-8 text (byte {bad!r} at offset {exc.start}); save it as UTF-8") \
+            from None
+    except OSError as exc:
+        raise BenchError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+
+
 def load_task_file(path: str | Path) -> TaskSpec:
     """Load and validate a `TaskSpec` from a YAML or TOML file (``--task-file``)."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"task file '{path}' does not exist")
-    text = path.read_text()
+    text = read_text_file(path, "task file")
     try:
         if path.suffix.lower() == ".toml":
             raw = tomllib.loads(text)

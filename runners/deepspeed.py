@@ -24,7 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from benchmark.config import RunConfig
 from benchmark.methods.base import RunResult
@@ -32,10 +34,45 @@ from benchmark.run import RunOutcome, resolve_method, start_tracker
 from benchmark.tracking import DOCTOR_HINT, Tracker, close_run, default_tracking_uri
 from benchmark.training import TrainingOptions, check_global_batch
 from registry import BenchError
-from runners import LaunchOptions
+from runners.multinode import NodePlan, node_plan, per_node_command
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "zero2"
+
+
+class DeepSpeedOptions(BaseModel):
+    """``--launcher deepspeed`` options (``--launch-opt key=value``; ``--num-gpus`` etc. are shorthands)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_gpus: int | None = Field(
+        default=None, ge=1, description="processes per node (default: every visible GPU, 1 on CPU)"
+    )
+    num_nodes: int = Field(default=1, ge=1, description="nodes (needs a hostfile when > 1)")
+    hostfile: Path | None = Field(default=None, description="DeepSpeed hostfile ('host slots=N' per line)")
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON config, or a bundled name: zero0, zero1, zero2 (default)"
+    )
+    master_port: int | None = Field(default=None, ge=1, le=65535, description="rendezvous port (default: a free one)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 / fp16 need GPUs")
+    node_rank: int | None = Field(default=None, ge=0, description="this node's rank when every node runs its own "
+                                  "launcher (default: SLURM_NODEID in a multi-node SLURM job); see runners.multinode")
+    master_addr: str | None = Field(default=None, description="node 0's address for a per-node launch "
+                                    "(default: MASTER_ADDR, else the first host of the SLURM job)")
+
+
+class DeepSpeedRunner:
+    """``--launcher deepspeed``: the run on N DeepSpeed ranks per node; one MLflow run, logged by rank 0."""
+
+    name: ClassVar[str] = "deepspeed"
+    Options: ClassVar[type[BaseModel]] = DeepSpeedOptions
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options or DeepSpeedOptions()
+
+    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
+        """Start the DeepSpeed launcher on `runners.worker` for ``config`` and wait for it."""
+        return run_deepspeed(config, self.options, parent_run_id=parent_run_id)  # type: ignore[arg-type]
 
 
 def bundled_configs() -> list[str]:
@@ -110,7 +147,7 @@ def parse_hostfile(path: Path) -> dict[str, int]:
     return hosts
 
 
-def processes_per_node(options: LaunchOptions, *, on_cpu: bool) -> int:
+def processes_per_node(options: DeepSpeedOptions, *, on_cpu: bool) -> int:
     """``--num-gpus`` checked against what this node (or the hostfile) offers."""
     if options.hostfile is not None:
         hosts = parse_hostfile(options.hostfile)
@@ -160,7 +197,7 @@ def decode(text: str) -> Any:
 
 
 def launcher_command(
-    options: LaunchOptions, *, num_gpus: int, port: int, worker_args: list[str]
+    options: DeepSpeedOptions, *, num_gpus: int, port: int, worker_args: list[str]
 ) -> list[str]:
     """The DeepSpeed launcher command line that starts `runners.worker` on every rank."""
     command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus),
@@ -240,12 +277,15 @@ def stop_group(process: subprocess.Popen[str]) -> None:
         process.wait(timeout=5)
 
 
-def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
+def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: str | None = None) -> RunOutcome:
     """Run ``config`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
     on_cpu = cpu_mode()
     ds_config = apply_precision(load_deepspeed_config(options.deepspeed_config), options.precision, on_cpu=on_cpu)
-    num_gpus = processes_per_node(options, on_cpu=on_cpu)
-    check_method_options(config, num_gpus * options.num_nodes)
+    plan = node_plan(options)  # one launcher per node (SLURM-style), or None: one launcher for all nodes
+    num_nodes = plan.num_nodes if plan is not None else options.num_nodes
+    num_gpus = processes_per_node(options if plan is None else options.model_copy(update={"num_nodes": 1}),
+                                  on_cpu=on_cpu)
+    check_method_options(config, num_gpus * num_nodes)
     config = config.model_copy(update={
         "tracking_uri": config.tracking_uri or default_tracking_uri(),
         "device": "cpu" if on_cpu else config.device,
@@ -253,16 +293,21 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if on_cpu:
         env["DS_ACCELERATOR"] = "cpu"
-    tracker = start_tracker(config)
-    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * options.num_nodes,
+    if plan is not None and plan.node_rank != 0:
+        return run_follower(config, ds_config, plan, num_gpus, env)
+    tracker = start_tracker(config, parent_run_id=parent_run_id)
+    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * num_nodes, "num_nodes": num_nodes,
                       "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0)})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
         result_path = Path(tmp) / "result.json"
         worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", tracker.run_id,
                        "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
-        command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
-                                   worker_args=worker_args)
+        if plan is not None:
+            command = per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args)
+        else:
+            command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
+                                       worker_args=worker_args)
         try:
             code = stream(command, env)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the launcher's group is stopped by now
@@ -282,6 +327,25 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
         raise BenchError(f"the MLflow store failed while closing run {tracker.run_id}; {DOCTOR_HINT}")
     result = _result_from(reported, tracker)
     return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
+
+
+def run_follower(config: RunConfig, ds_config: dict[str, Any], plan: NodePlan, num_gpus: int,
+                 env: dict[str, str]) -> RunOutcome:
+    """Node ``plan.node_rank`` > 0 of a per-node launch: run this node's ranks; node 0 owns the MLflow run.
+
+    The outcome has no run id and no metrics (they are logged by rank 0, on node 0).
+    """
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", "",
+                       "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
+        code = stream(per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args), env)
+        errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
+    if code != 0 or errors:
+        first = next((error for error in errors if error), None)
+        raise BenchError(first or f"node {plan.node_rank}: the DeepSpeed workers failed with exit code {code}")
+    return RunOutcome(run_id="", config=config, result=RunResult(metrics={}), seconds=time.perf_counter() - start)
 
 
 def _fail(tracker: Tracker, message: str) -> None:

@@ -128,8 +128,58 @@ def test_paired_view_gap_and_recovered_share(store) -> None:
     assert (pair["ft_method"], pair["kernel_method"], pair["task"]) == ("ft-adam", "ntk-adam", "sst2")
     assert pair["gap"] == pytest.approx(NTK_MEAN - FT_MEAN)
     assert pair["recovered"] == pytest.approx(100 * (NTK_MEAN - ZS_MEAN) / (FT_MEAN - ZS_MEAN))  # 81.8 %
-    text = render_board(board, "md")
-    assert "| ft-adam \\| ntk-adam | sst2 | 78.3 (6.2) [3/5] | 75.0 (4.1) | -3.3 | 60.0 | 82% |" in text
+    # Paired over seeds 13, 21, 42: kernel − FT = +5, −10, −5 points; t(0.975, 2 dof) = 4.302653.
+    diffs = [75 - 70, 70 - 80, 80 - 85]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)
+    assert (pair["n_shared"], pair["shared_seeds"]) == (3, "13,21,42")
+    assert pair["diff_mean"] == pytest.approx(mean)
+    assert (pair["diff_low"], pair["diff_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert pair["ft_budget"] == "default steps, lr default"
+    md = render_board(board, "md")
+    assert f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] | 3 | within noise" in md
+    assert "It exceeds 100% when the kernel beats FT" in md
+    assert "**At a glance.**" in md and "1 of 1 pairs within noise" in md
+    assert ("| ft-adam \\| ntk-adam | sst2 | 78.3 (6.2) [3/5] | 75.0 (4.1) | -3.3 [-22.3, +15.6] | 3 | within noise "
+            "| 60.0 | 82% | default steps, lr default |") in md
+
+
+def _frame_runs() -> pd.DataFrame:
+    """Runs as `collect_runs` returns them, from a local model path, with the FT budget in opt.* params."""
+    rows = []
+    for seed, ft, kernel in ((13, 0.60, 0.66), (21, 0.62, 0.69), (42, 0.58, 0.65), (87, 0.61, 0.66)):
+        for method, test, extra in (("ft-sgd", ft, {"opt.steps": "300", "opt.lr": "0.001"}),
+                                    ("ntk-sgd", kernel, {}), ("zero-shot", 0.5, {})):
+            n = len(rows)
+            rows.append({"task": "mr", "method": method, "method_family": "", "k": 16, "seed": seed,
+                         "backbone": "/work/shared/models/bert-tiny-splade", "template": "default",
+                         "config_hash": f"h{n}", "run_id": f"r{n}", "end_time": n, "dev_acc": 0.5,
+                         "test_acc": test, **extra})
+    return pd.DataFrame(rows)
+
+
+def test_backbone_names_budget_and_significant_pair(tmp_path) -> None:
+    from leaderboard import from_runs
+    from leaderboard.render import write_all
+
+    board = from_runs(_frame_runs(), source="frame", experiment="x")
+    assert [title for title, _ in board.tables] == ["bert-tiny-splade, k = 16"]
+    pair = board.pairs.iloc[0]
+    diffs = [6.0, 7.0, 7.0, 5.0]  # kernel − FT per seed (points)
+    mean = sum(diffs) / 4
+    half = 3.182446305284263 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / 3) / 2  # t(0.975, 3 dof)
+    assert pair["diff_mean"] == pytest.approx(mean) and pair["diff_low"] == pytest.approx(mean - half)
+    assert pair["ft_budget"] == "300 steps, lr 0.001"
+    written = write_all(board, tmp_path / "out")
+    text = "".join(p.read_text() for p in written if p.suffix in (".md", ".csv", ".html"))
+    assert "/work/shared" not in text and all("work-shared" not in p.name for p in written)
+    assert {p.name for p in written if p.suffix == ".png"} == {"diff-bert-tiny-splade-k16-default.png",
+                                                               "scatter-bert-tiny-splade-k16-default.png"}
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert "0 of 1 pairs within noise" in md and "kernel better" in md and "300 steps, lr 0.001" in md
+    assert from_runs(_frame_runs(), backbone="/elsewhere/bert-tiny-splade").agg["backbone"].unique() == [
+        "bert-tiny-splade"]
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -184,7 +234,7 @@ def test_cli_formats_and_output_directory(store, tmp_path, monkeypatch, capsys) 
     code, out, err = invoke([*base, "--out", str(tmp_path / "lb.md")], monkeypatch, capsys)
     assert code == 0, err
     md = (tmp_path / "lb.md").read_text()
-    assert "**78.3 (6.2) [3/5]**" in md and "](lb_plots/bars-" in md and (tmp_path / "lb_plots").is_dir()
+    assert "**78.3 (6.2) [3/5]**" in md and "](lb_plots/diff-" in md and (tmp_path / "lb_plots").is_dir()
     assert f"Regenerate with `bench leaderboard --tracking-uri {store}" in md
     code, out, err = invoke([*base, "--out", str(tmp_path / "board") + "/"], monkeypatch, capsys)
     assert code == 0, err
@@ -242,7 +292,7 @@ def test_html_opens_in_headless_chromium_with_tables_and_plots(store, tmp_path) 
         rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
         return bool((np.abs(pixels - rgb).max(axis=-1) < 0.03).sum() > 200)
 
-    assert has_colour("#4C72B0") and has_colour("#DD8452")  # the FT and kernel bars were drawn
+    assert has_colour("#4C72B0")  # the paired-difference plot (within noise) and the headline bar
     assert has_colour("#E8F3E8")  # the best-cell highlight of the tables
 
 
@@ -256,3 +306,35 @@ def test_diagnostics_view_skips_sections_and_columns_without_values() -> None:
     assert table.rows == [["ft-adam", "mr", "0.5"]]
     assert diagnostics_table(section.assign(diag_movement=float("nan")), "diag") is None
     assert diagnostics_table(section.drop(columns=["diag_movement", "diag_lin_rel_error"]), "diag") is None
+
+
+def test_rebuild_from_selections_gives_the_same_numbers(store, tmp_path, monkeypatch, capsys) -> None:
+    from leaderboard.render import write_all
+
+    board = build(store, EXPERIMENT)
+    write_all(board, tmp_path / "first")
+    code, _out, err = invoke(["leaderboard", "--from-selections", str(tmp_path / "first" / "selections.csv"),
+                              "--experiment", EXPERIMENT, "--out", str(tmp_path / "again") + "/"], monkeypatch, capsys)
+    assert code == 0, err
+    first = pd.read_csv(tmp_path / "first" / "leaderboard.csv")
+    again = pd.read_csv(tmp_path / "again" / "leaderboard.csv")
+    keys = ["backbone", "k", "template", "task", "method"]
+    merged = first.merge(again, on=keys, suffixes=("", "_again"))
+    assert len(merged) == len(first) == len(again)
+    assert (merged["mean"] - merged["mean_again"]).abs().max() < 1e-3
+    assert (merged["std"] - merged["std_again"]).abs().max() < 1e-3
+    assert (merged["seeds"] == merged["seeds_again"]).all()
+    assert "the runs an earlier leaderboard selected" in (tmp_path / "again" / "README.md").read_text()
+    code, _out, err = invoke(["leaderboard", "--from-selections", str(tmp_path / "nope.csv")], monkeypatch, capsys)
+    assert code == 2 and "selections file" in err and "does not exist" in err
+
+
+def test_readme_links_point_to_files_that_exist() -> None:
+    for readme in (REPO / "README.md", REPO / "leaderboard" / "mr-bert-tiny" / "README.md"):
+        text = readme.read_text()
+        links = re.findall(r"\]\(([^)#\s]+)\)", text)
+        paths = re.findall(r"`((?:benchmark|registry|tasks|runners|leaderboard|tests|scripts|kernel_bench_data)/"
+                           r"[A-Za-z0-9_./-]+)`", text)
+        missing = [link for link in [*links, *paths] if not link.startswith("http")
+                   and not (readme.parent / link).exists() and not (REPO / link).exists()]
+        assert links and not missing, (readme.name, missing)
