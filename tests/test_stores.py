@@ -66,6 +66,19 @@ def test_runs_started_at_once_on_a_new_sqlite_store_all_finish(n, tmp_path, tiny
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_ten_trials_of_two_and_four_runs_at_once(tmp_path, tiny_bert_dir, one_thread) -> None:
+    """The issue's check: 10 trials each of 2 and 4 runs started at once on a new store, every run FINISHED."""
+    data = write_mr_fixture(tmp_path / "data")
+    for n in (2, 4):
+        for trial in range(10):
+            uri, codes = _concurrent_runs(n, tmp_path / f"{n}-{trial}", tiny_bert_dir, data)
+            assert codes == [0] * n, (n, trial)
+            client = MlflowClient(tracking_uri=uri)
+            runs = client.search_runs([client.get_experiment_by_name("kernel-bench").experiment_id])
+            assert len(runs) == n and {r.info.status for r in runs} == {"FINISHED"}, (n, trial)
+
+
 def test_artifacts_go_next_to_the_sqlite_store_not_into_the_current_directory(tmp_path, monkeypatch) -> None:
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
