@@ -25,7 +25,15 @@ from typing import Any
 
 from benchmark import sweep as sw
 from registry import BenchError
-from runners.slurm import JobState, SlurmRunner, close_dead_run, job_states, make_executor, submit_error
+from runners.slurm import (
+    JobState,
+    SlurmRunner,
+    close_dead_run,
+    inner_launcher,
+    job_states,
+    make_executor,
+    submit_error,
+)
 
 # A task that sacct has not listed this long after its submission is taken as lost (accounting purged).
 UNLISTED_S = 600.0
@@ -166,8 +174,7 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
         executor = make_executor(runner.options, _folder(runner, cells[0]), name=f"kb-sweep-{sweep.hash[:8]}",
                                  max_parallel=max_parallel)
         configs = [c.config.model_dump(mode="json") for c in todo]
-        inner, inner_options = ("local", {}) if runner.options.gpus_per_node <= 1 else (
-            "deepspeed", {"num_gpus": runner.options.gpus_per_node})
+        inner, inner_options = inner_launcher(runner.options)
         try:
             jobs = executor.map_array(run_cell, configs, [parent] * len(todo), [inner] * len(todo),
                                       [inner_options] * len(todo))
@@ -186,7 +193,6 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
     elif console is not None:
         console.print(f"nothing to submit: {sum(c.status == 'skipped' for c in cells)} finished, "
                       f"{len(followed)} still queued or running", highlight=False)
-    report.slurm_job_id = array_id if todo else ""  # type: ignore[attr-defined]
     if not wait:
         if todo:
             print(array_id, flush=True)
@@ -211,9 +217,13 @@ def _follow(sweep: sw.Sweep, followed: dict[str, sw.Cell], by_hash: dict[str, sw
     started = {task: time.perf_counter() for task in followed}
     since_ms = int(time.time() * 1000) - 24 * 3600 * 1000
 
+    snapshot: dict[str, Any] = {"at": 0.0, "runs": {}}
+
     def finished(cell_hash: str) -> bool:
-        runs = store.runs_by_hash(cell_hash).get(cell_hash, [])
-        done = [r for r in runs if r.info.status == "FINISHED"]
+        # One store query per poll for all cells, not one per cell.
+        if time.monotonic() - snapshot["at"] > runner.options.poll_s / 2:
+            snapshot["runs"], snapshot["at"] = store.runs_by_hash(), time.monotonic()
+        done = [r for r in snapshot["runs"].get(cell_hash, []) if r.info.status == "FINISHED"]
         if done:
             cell = by_hash[cell_hash]
             cell.run_id, cell.metrics = done[0].info.run_id, dict(done[0].data.metrics)
