@@ -362,9 +362,7 @@ def open_store(tracking_uri: str | None, experiment: str, cache_dir: Path | None
     """
     import logging
 
-    from mlflow.tracking import MlflowClient
-
-    from benchmark.tracking import default_tracking_uri
+    from benchmark.tracking import default_cache_dir, default_tracking_uri
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -383,21 +381,23 @@ def open_store(tracking_uri: str | None, experiment: str, cache_dir: Path | None
         root = sqlite.parent / f"{sqlite.name}.locks"
     else:
         digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
-        root = (cache_dir or Path.home() / ".cache" / "kernel-bench") / "locks" / digest
+        root = (cache_dir or default_cache_dir()) / "locks" / digest
     root.mkdir(parents=True, exist_ok=True)
-    # Creating a new store (schema migrations) and the experiment is serialized across processes.
-    with FileLock(root / "store.lock").held(blocking=True):
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            found = client.get_experiment_by_name(experiment)
-            if found is None and not create:
-                return None
-            from benchmark.tracking import EXPERIMENT_TAGS
+    # Creating a new store (schema migrations) and the experiment is serialized across processes, and a new
+    # experiment keeps its artifacts next to a SQLite store, exactly as for `bench run`.
+    from benchmark.tracking import get_or_create_experiment, open_client, store_error
 
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
+    client, uri = open_client(uri)
+    if create:
+        experiment_id = get_or_create_experiment(client, uri, experiment)
+    else:
+        try:
+            found = client.get_experiment_by_name(experiment)
         except Exception as exc:  # MLflow raises many types for a bad store
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BenchError(f"cannot use MLflow tracking store '{uri}': {first}") from None
+            raise store_error(uri, exc) from None
+        if found is None:
+            return None
+        experiment_id = found.experiment_id
     lock_dir = root / str(experiment_id)
     lock_dir.mkdir(parents=True, exist_ok=True)
     return Store(uri=uri, client=client, experiment_id=str(experiment_id), lock_dir=lock_dir)

@@ -94,6 +94,22 @@ def test_artifacts_go_next_to_the_sqlite_store_not_into_the_current_directory(tm
     assert list(cwd.iterdir()) == []  # no ./mlruns
 
 
+def test_a_sweep_creates_its_experiment_with_artifacts_next_to_the_store(tmp_path, monkeypatch) -> None:
+    from benchmark.sweep import open_store
+
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    db = tmp_path / "stores" / "mlflow.db"
+    assert open_store(f"sqlite:///{db}", "sweep-exp", create=False) is None  # a dry run creates nothing
+    store = open_store(f"sqlite:///{db}", "sweep-exp")
+    experiment = MlflowClient(tracking_uri=f"sqlite:///{db}").get_experiment(store.experiment_id)
+    assert experiment.artifact_location == (db.parent / "artifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert open_store(f"sqlite:///{db}", "sweep-exp", create=False).experiment_id == store.experiment_id
+    assert list(cwd.iterdir()) == []
+
+
 def test_a_store_made_before_still_works(tmp_path, monkeypatch) -> None:
     """An experiment created by plain MLflow (artifacts at its default root) is reused as it is."""
     monkeypatch.chdir(tmp_path)
