@@ -126,19 +126,26 @@ def open_runs(client: Any, experiment_ids: list[str], names: dict[str, str] | No
             return sorted(found, key=lambda r: r.start_ms)
 
 
-def close_stale(client: Any, run_id: str, reason: str, status: str = "FAILED") -> None:
-    """Close a run whose owner is gone: tag why, then set ``status`` (FAILED by default)."""
+def close_stale(client: Any, run_id: str, reason: str, status: str = "FAILED") -> bool:
+    """Close a run whose owner is gone: tag why, then set ``status`` (FAILED by default).
+
+    Call it only once the owner is known to be gone: the run is read again here and left as it is when
+    it is no longer open (its owner closed it between the listing and the liveness check, e.g. FINISHED
+    just before exiting). Returns whether the run was closed.
+    """
+    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        return False
     with contextlib.suppress(Exception):  # the status matters more than the note
         client.set_tag(run_id, REASON_TAG, reason)
     client.set_terminated(run_id, status=status)
+    return True
 
 
 def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
     """Mark FAILED the RUNNING runs of ``experiment_id`` whose owner died on this host; returns their ids."""
     closed = []
     for run in open_runs(client, [experiment_id]):
-        if run.state == "dead":
-            close_stale(client, run.run_id, f"its process ({run.owner}) is gone")
+        if run.state == "dead" and close_stale(client, run.run_id, f"its process ({run.owner}) is gone"):
             closed.append(run.run_id)
     return closed
 

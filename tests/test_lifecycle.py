@@ -267,6 +267,19 @@ def test_the_next_run_closes_runs_left_by_dead_processes(tmp_path, capsys) -> No
     assert f"marked 1 run(s) FAILED that were left RUNNING by processes that are gone ({dead})" in err
 
 
+def test_a_run_its_owner_finished_just_before_exiting_is_not_closed_again(tmp_path) -> None:
+    """Listing saw it RUNNING, its owner then finished it and exited: the stale check must not overwrite FINISHED."""
+    from benchmark.lifecycle import close_dead_runs, close_stale
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dead = _orphan(uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.set_terminated(dead, status="FINISHED")
+    assert close_stale(client, dead, "its process is gone") is False
+    assert client.get_run(dead).info.status == "FINISHED"
+    assert close_dead_runs(client, client.get_run(dead).info.experiment_id) == []
+
+
 def test_the_sweep_closes_stale_cell_runs_but_not_one_whose_owner_is_alive(tmp_path, tiny_bert_dir) -> None:
     from benchmark.sweep import Sweep, expand_cells, open_store, spec_from_cli
 
