@@ -172,35 +172,38 @@ def list_cmd(
     table = Table(title=f"registered {kind}")
     table.add_column("name", no_wrap=True, style="bold")
     if kind == "tasks":
-        for column in ("task", "labels", "template", "label words", "max len"):
+        for column in ("task", "labels", "template", "label words", "max len", "from"):
             table.add_column(column)
         for name, spec in TASKS.items():
             words = ", ".join(spec.label_words[label] for label in spec.labels)
-            table.add_row(name, spec.display_name, str(spec.num_labels), spec.template, words, str(spec.max_seq_len))
+            table.add_row(name, spec.display_name, str(spec.num_labels), spec.template, words, str(spec.max_seq_len),
+                          TASKS.origin(name))
     elif kind == "templates":
         from benchmark.prompts import register_task_templates
         from registry import TEMPLATES
 
         register_task_templates()
-        for column in ("template", "label words", "description"):
+        for column in ("template", "label words", "description", "from"):
             table.add_column(column)
-        for _, spec in TEMPLATES.items():
+        for name, spec in TEMPLATES.items():
             words = ", ".join(spec.label_words.values()) if spec.label_words else "(task's)"
-            table.add_row(spec.name, spec.template, words, spec.description)
+            table.add_row(spec.name, spec.template, words, spec.description, TEMPLATES.origin(name))
     elif kind == "backbones":
-        import benchmark.backbones  # noqa: F401 - registers the built-ins
+        import kernel_bench_data
 
-        for column in ("path", "family", "description"):
+        for column in ("path", "family", "description", "from"):
             table.add_column(column)
         for name, spec in BACKBONES.items():
-            table.add_row(name, spec.path, spec.family, spec.description)
+            path = "(bundled with the suite)" if spec.path == str(kernel_bench_data.model_dir()) else spec.path
+            table.add_row(name, path, spec.family, spec.description, BACKBONES.origin(name))
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:
-        for column in ("aliases", "family", "summary", "options (bench describe METHOD)"):
+        for column in ("aliases", "family", "summary", "options (bench describe METHOD)", "from"):
             table.add_column(column)
         for name, method in METHODS.items():
             options = ", ".join(f"{o}={d}" for o, _, d, _ in option_rows(method))
-            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options)
+            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options,
+                          METHODS.origin(name))
     console.print(table)
 
 
