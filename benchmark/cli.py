@@ -405,6 +405,8 @@ def run_cmd(
         for s in parse_seeds(seed)
     ]
     launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    if launch is not None:
+        _deepspeed_first_run_note()
     outcomes = []
     for config in configs:
         outcome = _launch(config, launch)
@@ -413,6 +415,29 @@ def run_cmd(
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
         outcomes.append(outcome)
     console.print(_summary_table(outcomes))
+    console.print(where_it_went(configs[0].tracking_uri, experiment, [o.run_id for o in outcomes]),
+                  highlight=False, soft_wrap=True)
+
+
+def where_it_went(tracking_uri: str | None, experiment: str, run_ids: list[str]) -> str:
+    """The line that ends a run: the store, the experiment, the run id(s), and how to look at them."""
+    import shlex
+
+    from benchmark.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    runs = f"run {run_ids[0]}" if len(run_ids) == 1 else f"runs {', '.join(run_ids)}"
+    ui = "bench ui" if tracking_uri is None else f"bench ui --tracking-uri {shlex.quote(uri)}"
+    return f"logged to {uri}, experiment '{experiment}', {runs}; see them with: {ui}"
+
+
+def _deepspeed_first_run_note() -> None:
+    """Say why the first DeepSpeed run on a machine is slow: it compiles an op once (cached afterwards)."""
+    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if not cache.is_dir() or not any(cache.rglob("*.so")):
+        err_console.print(f"note: the first DeepSpeed run on this machine compiles an op (a minute or more, "
+                          f"once; cached in {cache}); rank 0 shows the training progress, other ranks are quiet",
+                          highlight=False, soft_wrap=True)
 
 
 def _launch_options(launcher: str, num_gpus: int | None, num_nodes: int, hostfile: Path | None,
