@@ -449,7 +449,8 @@ def train_model(
     ``model(**inputs)`` must return logits ``[B, C]``. Metrics go to ``tracker`` at each
     evaluation step as ``{prefix}train/loss``, ``{prefix}train/lr``, ``{prefix}train/grad_norm``
     and ``{prefix}eval/dev_acc`` (and ``eval/dev_f1``). On return the model holds the best-dev
-    weights, is in eval mode, and the result says at which step they were reached.
+    weights, is in eval mode, and the result says at which step they were reached. ``label`` names
+    the progress bar (e.g. a grid point's values); it defaults to ``prefix``.
     """
     dist = dist or DistContext()
     check_global_batch(options.batch_size, dist.world_size)
