@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmark.bench_floor import float64_error, one_pass_floor
 from benchmark.kernels import PeakMemory, empirical_ntks, normalize_formula, parse_bytes
 from benchmark.kernels.memory import default_budget
 from registry import BenchError
@@ -74,6 +75,28 @@ def random_roberta(seed: int, dtype: torch.dtype) -> tuple[torch.nn.Module, dict
     )
     model = RobertaForMaskedLM(config).to(dtype).eval()
     return model, {"vocab": 30522, "pad": 1, "bos": 0, "eos": 2, "mask": 4, "first": 5}
+
+
+def roberta_base(seed: int, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:
+    """A random masked LM of roberta-base's shape (124.7M parameters) from a `RobertaConfig`, no download."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        attn_implementation="eager",
+    )
+    model = RobertaForMaskedLM(config).to(dtype).eval()
+    return model, {"vocab": 50265, "pad": 1, "bos": 0, "eos": 2, "mask": 50264, "first": 5}
 
 
 def local_model(path: str, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:
@@ -297,7 +320,17 @@ def dtype_of(model: torch.nn.Module) -> torch.dtype:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmark.bench_kernel", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="local masked-LM directory (default: random 4.5M RoBERTa-shaped)")
+    p.add_argument("--model", default=None, help="local masked-LM directory (default: a random model, see --preset)")
+    p.add_argument(
+        "--preset",
+        default="small",
+        choices=("small", "roberta-base"),
+        help="random model: small (4.5M, bert-tiny sizes) or roberta-base (124.7M, from a RobertaConfig)",
+    )
+    p.add_argument("--no-floor", action="store_true", help="skip the one-pass floor measurement")
+    p.add_argument(
+        "--error-sub", type=int, default=4, help="train and eval examples of the float64 check (0: no check)"
+    )
     p.add_argument("--n-train", type=int, default=32)
     p.add_argument("--n-eval", type=int, default=1000)
     p.add_argument("--seq-len", type=int, default=64)
@@ -332,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     formulas = list(dict.fromkeys(normalize_formula(f) for f in args.formulas.split(",") if f.strip()))
     from benchmark.models import PromptLogitModel
 
-    mlm, ids = local_model(args.model, dtype) if args.model else random_roberta(args.seed, dtype)
+    if args.model:
+        mlm, ids = local_model(args.model, dtype)
+    else:
+        mlm, ids = (roberta_base if args.preset == "roberta-base" else random_roberta)(args.seed, dtype)
     mlm.to(device)
     generator = torch.Generator().manual_seed(args.seed)
     n_words = 2 if args.num_labels == 1 else args.num_labels
@@ -342,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     evals = make_batches(args.n_eval, args.batch_size, args.seq_len, ids, generator)
     budget = parse_bytes(args.memory_budget) if args.memory_budget else default_budget(device)
     total, dense, hidden = _param_counts(mlm)
+    name = args.model or f"random RoBERTa-shaped ({args.preset})"
     print(
-        f"model: {args.model or 'random RoBERTa-shaped'} ({total / 1e6:.2f}M parameters, {dense / 1e6:.2f}M dense "
+        f"model: {name} ({total / 1e6:.2f}M parameters, {dense / 1e6:.2f}M dense "
         f"non-embedding), {args.dtype}, device {device}, {torch.get_num_threads()} thread(s)"
     )
     print(
@@ -385,6 +422,41 @@ def main(argv: list[str] | None = None) -> int:
         f"{stats.get('groups')} parameter group(s), max batch {stats.get('max_batch')}, "
         f"segment {stats.get('segment_cols')} columns, fallback {stats.get('fallback_params') or 'none'}"
     )
+    print(f"  training side stored as: {stats.get('representation', 'per-example gradients')}")
+    if "activation_bytes" in stats:
+        C = model.num_outputs
+        grads = C * int(stats.get("dense_cols", dense)) * 4
+        factored = int(stats["activation_bytes"]) * (1 + C) / 2  # inputs once, output gradients per logit
+        print(
+            f"  per training example: per-example gradients {grads / 2**20:.0f} MiB; recorded layer inputs and "
+            f"outputs {int(stats['activation_bytes']) / 2**20:.1f} MiB (inputs + {C} output gradient(s) "
+            f"~{factored / 2**20:.1f} MiB: the factored representation, not implemented)"
+        )
+    if not args.no_floor:
+        C = model.num_outputs
+        floor = one_pass_floor(
+            model, train + evals, C * args.n_train, C * args.n_eval, int(stats.get("dense_cols", dense)), args.params
+        )
+        print(
+            f"  one-pass floor (batched forward + {C} reverse pass(es) over all {args.n_train + args.n_eval} "
+            f"examples, plus one float32 product over {stats.get('dense_cols', dense)} dense columns): CPU "
+            f"{floor.total:.2f} s (forward {floor.forward:.2f}, reverse {floor.reverse:.2f}, product "
+            f"{floor.gemm:.2f}); fast / floor = {fast.cpu / max(floor.total, 1e-9):.2f}x"
+        )
+    if args.error_sub and dtype != torch.float64:
+        n_sub = args.error_sub
+        errors = float64_error(
+            mlm,
+            words,
+            args.num_labels == 1,
+            _first_examples(train, n_sub),
+            _first_examples(evals, n_sub),
+            fast.result,
+            formulas,
+            args.params,
+        )
+        shown = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+        print(f"  error vs float64 on the first {n_sub} x {n_sub} block (max |diff| / max |kernel|): {shown}")
 
     status = 0
     if not args.no_reference:
@@ -441,11 +513,15 @@ def main(argv: list[str] | None = None) -> int:
     combos = len({c for f in formulas for c in {"sgd": ["ff"], "signgd": ["tt"], "asym": ["tf", "ft"]}[f]})
     bench = Shape(dense, hidden, int(mlm.config.num_hidden_layers))
     C = model.num_outputs
-    if device.type == "cpu":
+    if args.preset == "roberta-base" and not args.model:
+        print("roberta-base measured directly above (no estimate)")
+    elif device.type == "cpu":
         print(roberta_base_estimate(stats, bench, args.n_train, args.n_eval, args.seq_len, C, combos, budget))
     else:  # a small model leaves a GPU launch-bound: its per-FLOP costs say nothing about roberta-base
-        print("estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
-              "are launch-bound)")
+        print(
+            "estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
+            "are launch-bound)"
+        )
     return status
 
 

@@ -8,7 +8,10 @@ Rounds alternate between the loops (the machine may be shared); the median steps
 the ratios are printed (target: ours / plain >= 0.9), by wall clock and by this process's CPU
 time (steadier on a loaded machine; meaningful with ``--threads 1``)::
 
-    python -m benchmark.bench_train --model /work/shared/models/bert-tiny-splade --steps 60
+    python -m benchmark.bench_train --model ../shared/models/bert-tiny-splade --steps 60 --threads 1
+
+The honest baseline is the plain loop that scores only the mask position (``plain-mask``; target:
+ours / plain-mask >= 0.95); a loop scoring the whole vocabulary at every position flatters ours.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MODEL = Path("/work/shared/models/bert-tiny-splade")
 TEMPLATE = "*cls**sent_0*_It_was*mask*.*sep+*"
 
 
@@ -108,8 +110,8 @@ def plain(
 def main(argv: list[str] | None = None) -> None:
     """Print steps/s of both loops and the ratio."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL if DEFAULT_MODEL.exists() else None,
-                        help="masked LM directory (default: bert-tiny-splade if present, else a tiny random BERT)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="masked LM directory (default: a tiny random BERT built from a config)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--words", type=int, default=40, help="max words per sentence")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per round")
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     for clock in ("wall", "cpu"):
         m = median[clock]
         print(f"[{clock:4s}] ratio ours / plain: {m['ours'] / m['plain']:.3f} (target >= 0.9);  "
-              f"ours / plain with mask-only head: {m['ours'] / m['plain-mask']:.3f}")
+              f"ours / plain with mask-only head: {m['ours'] / m['plain-mask']:.3f} (target >= 0.95)")
 
 if __name__ == "__main__":
     main()

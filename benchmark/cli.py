@@ -132,14 +132,34 @@ def _show_usage_error(exc: Any) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``bench`` console script: user errors print one line and exit 2."""
+    """Entry point of the ``bench`` console script: user errors print one line and exit 2.
+
+    SIGTERM (``timeout``, ``kill``, SLURM, ``docker stop``) stops as Ctrl-C does: the run in progress is
+    closed as KILLED, one line on stderr, exit 143 (130 for Ctrl-C).
+    """
+    from benchmark.lifecycle import sigterm_as_interrupt
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
+    with sigterm_as_interrupt():
+        _main()
+
+
+TERMINATED_LINE = "terminated (SIGTERM): the run in progress is marked KILLED"
+
+
+def _main() -> None:
+    from benchmark.lifecycle import acknowledge_interrupt, sigterm_received
+
     click_errors = _click_exception_types()
     try:
         # Without standalone mode click returns (not raises) exit codes and Ctrl-C: pass them on.
         code = app(prog_name="bench", standalone_mode=False)
         if isinstance(code, int) and code:
+            if code == 130 and sigterm_received():
+                acknowledge_interrupt()
+                err_console.print(TERMINATED_LINE, highlight=False)
+                sys.exit(143)
             sys.exit(code)
     except BenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -148,6 +168,10 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {_validation_message(exc)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
+        acknowledge_interrupt()
+        if sigterm_received():
+            err_console.print(TERMINATED_LINE, highlight=False)
+            sys.exit(143)
         err_console.print("aborted")
         sys.exit(130)
     except typer.Exit as exc:
@@ -248,12 +272,12 @@ def describe_cmd(method: Annotated[str, typer.Argument(help="registered method n
 
 def _task_and_splits(task: str, task_file: Path | None, k: int, seed: int, data_dir: Path | None, test_cap: int):
     from benchmark.config import RunConfig
-    from benchmark.run import load_config_splits, resolve_task
+    from benchmark.run import load_config_splits, resolve_run
 
     config = RunConfig(task=task, task_file=task_file, method="zero-shot", k=k, seed=seed,
                        data_dir=data_dir, test_cap=test_cap)
-    spec = resolve_task(config)
-    return spec, load_config_splits(config, spec)
+    run = resolve_run(config, check_tokenizer=False)
+    return run.task, load_config_splits(run)
 
 
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="registered task name")]
@@ -266,7 +290,8 @@ BackboneOpt = Annotated[str, typer.Option("--backbone", "-b", help="registered b
 TestCapOpt = Annotated[int, typer.Option("--test-cap", help="test examples kept (0 = all)")]
 TrackingUriOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow store URI")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for splits and kernels")]
-LauncherOpt = Annotated[str, typer.Option("--launcher", help="local | deepspeed")]
+LauncherOpt = Annotated[str, typer.Option("--launcher", help="runner: local | deepspeed | slurm | a plugin's")]
+LaunchOptOpt = Annotated[list[str], typer.Option("--launch-opt", help="runner option key=value (repeatable)")]
 NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
 NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
 HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
@@ -370,6 +395,7 @@ def run_cmd(
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
@@ -404,12 +430,12 @@ def run_cmd(
                   options=options)
         for s in parse_seeds(seed)
     ]
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
-    if launch is not None:
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
+    if launcher == "deepspeed":
         _deepspeed_first_run_note()
     outcomes = []
     for config in configs:
-        outcome = _launch(config, launch)
+        outcome = runner.launch(config)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
         console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
@@ -440,28 +466,21 @@ def _deepspeed_first_run_note() -> None:
                           highlight=False, soft_wrap=True)
 
 
-def _launch_options(launcher: str, num_gpus: int | None, num_nodes: int, hostfile: Path | None,
-                    deepspeed_config: Path | None) -> Any:
-    if launcher == "local":
-        if num_gpus not in (None, 1) or num_nodes != 1 or hostfile or deepspeed_config:
-            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed")
-        return None
-    try:
-        from runners import LaunchOptions
-    except ImportError as exc:
-        raise BenchError(f"launcher '{launcher}' is not available: {exc}") from exc
-    return LaunchOptions(launcher=launcher, num_gpus=num_gpus, num_nodes=num_nodes, hostfile=hostfile,
-                         deepspeed_config=deepspeed_config)
+def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,
+            deepspeed_config: Path | None) -> Any:
+    """The runner for ``--launcher`` with its ``--launch-opt``s (and the DeepSpeed shorthand flags) validated."""
+    from runners import RUNNERS, make_runner, parse_launch_opts
 
-
-def _launch(config: Any, launch: Any) -> Any:
-    if launch is None:
-        from benchmark.run import execute
-
-        return execute(config)
-    from runners import launch as run_launch
-
-    return run_launch(config, launch)
+    options = parse_launch_opts(launch_opt)
+    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes if num_nodes != 1 else None, "hostfile": hostfile,
+                  "deepspeed_config": deepspeed_config}
+    given = {key: value for key, value in shorthands.items() if value is not None}
+    if given:
+        if RUNNERS.resolve_name(launcher) != "deepspeed":
+            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed "
+                             "(other launchers take --launch-opt key=value)")
+        options = {**given, **options}
+    return make_runner(launcher, options)
 
 
 @app.command("kernel")
@@ -485,7 +504,7 @@ def kernel_cmd(
     """Compute a kernel method's kernels and save them (reference file layout) without solving."""
     from benchmark.config import RunConfig
     from benchmark.methods.kernel import KernelMethod, export_kernels
-    from benchmark.run import build_context, resolve_method
+    from benchmark.run import build_context, resolve_run
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
@@ -493,11 +512,12 @@ def kernel_cmd(
                        data_dir=data_dir, template=template, label_words=parse_label_words(label_words),
                        test_cap=test_cap, binary=binary, device=device, cache_dir=cache_dir,
                        options=parse_options(opt, []))
-    kernel_method = resolve_method(config)
+    run = resolve_run(config)
+    kernel_method = run.method
     if not isinstance(kernel_method, KernelMethod):
         raise BenchError(f"'{method}' is not a kernel method; use ntk-sgd, ntk-signgd, ntk-adam, lora-ntk-sgd or "
                          "lora-ntk-adam")
-    with build_context(config) as ctx:
+    with build_context(run) as ctx:
         paths = export_kernels(kernel_method, ctx, out)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
@@ -579,6 +599,30 @@ def ui_cmd(
     raise typer.Exit(code)
 
 
+@app.command("server")
+def server_cmd(
+    backend_store_uri: Annotated[str | None, typer.Option(
+        "--backend-store-uri", help="SQL store: sqlite:///PATH, postgresql://... (default: the default store)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(
+        "--artifacts", help="where the server keeps artifacts (default: next to a SQLite file)")] = None,
+    host: Annotated[str, typer.Option("--host", help="interface (MLflow has no auth: loopback by default)")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option("--port")] = 5000,
+    workers: Annotated[int | None, typer.Option("--workers", help="server processes (SQLite: 1)")] = None,
+) -> None:
+    """Start one MLflow tracking server (SQL store, served artifacts) for every node: --tracking-uri http://HOST:PORT."""
+    import subprocess
+
+    from benchmark.server import server_command
+    from benchmark.tracking import default_tracking_uri
+
+    command = server_command(backend_store_uri or default_tracking_uri(), artifacts=artifacts, host=host, port=port,
+                             workers=workers)
+    console.print(f"MLflow server for {command[5]} (artifacts in {command[8]}) at http://{host}:{port}; "
+                  f"use --tracking-uri http://{host}:{port} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+    raise typer.Exit(subprocess.call(command))
+
+
 @app.command("sweep")
 def sweep_cmd(
     file: Annotated[Path | None, typer.Argument(help="sweep file (YAML/TOML); the options below override it")] = None,
@@ -600,13 +644,18 @@ def sweep_cmd(
     experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name")] = None,
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
+    launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
     num_nodes: NumNodesOpt = 1,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and which are done; run nothing")] = False,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for cells another sweep is running "
+                                       "(slurm: for the submitted jobs; --no-wait prints the job id)")] = True,
+    max_parallel: Annotated[int | None, typer.Option("--max-parallel", min=1,
+                                                     help="slurm: array tasks running at once")] = None,
+    status: Annotated[bool, typer.Option("--status", help="slurm: where each cell stands; submits nothing")] = False,
 ) -> None:
     """Run a grid of cells (tasks x methods x k x seeds x grid points), skipping finished ones (resumable)."""
     from benchmark import sweep as sw
@@ -619,7 +668,7 @@ def sweep_cmd(
         "cache_dir": cache_dir,
     }
     spec = sw.spec_from_cli(file, overrides, opt, grid)
-    launch = _launch_options(launcher, num_gpus, num_nodes, hostfile, deepspeed_config)
+    runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
     if dry_run:
         from benchmark.tracking import default_tracking_uri
 
@@ -630,8 +679,22 @@ def sweep_cmd(
         counts = {state: sum(s == state for _, s in states) for state in dict.fromkeys(s for _, s in states)}
         console.print(", ".join(f"{state}: {n}" for state, n in counts.items()), highlight=False)
         return
+    if hasattr(runner, "sweep"):  # a runner that submits a whole sweep at once (slurm)
+        report = runner.sweep(spec, wait=wait, max_parallel=max_parallel, status=status, console=console)
+        if status or not wait:
+            return
+        for line in sw.summary_lines(report):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        if report.failed or report.count("not run", "pending", "running"):
+            sys.exit(1)
+        return
+    if status or max_parallel is not None:
+        raise BenchError(f"--status and --max-parallel are for --launcher slurm (not '{launcher}'); "
+                         "--dry-run shows a local sweep's cells")
     try:
-        report = sw.run_sweep(spec, launch_options=launch, fail_fast=fail_fast, wait=wait, console=console)
+        from runners import sweep_runner
+
+        report = sw.run_sweep(spec, runner=sweep_runner(runner), fail_fast=fail_fast, wait=wait, console=console)
     except KeyboardInterrupt:  # typer would swallow it (exit code 0 under standalone_mode=False)
         err_console.print("aborted: the running cell and the sweep are marked KILLED; rerun to resume")
         sys.exit(130)
@@ -720,6 +783,52 @@ def diagnose_cmd(
         console.print(line, highlight=False)
     if log:
         console.print(f"logged to run {run_id}", highlight=False)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    tracking_uri: TrackingUriOpt = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="only this experiment (default: all)")] = None,
+    older_than: Annotated[float | None, typer.Option(
+        "--older-than", help="also close runs of other hosts / unknown owners started more than HOURS ago")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be fixed; change nothing")] = False,
+) -> None:
+    """Find runs left RUNNING by processes that are gone (killed, store failed) and mark them FAILED.
+
+    The owner (host, pid) is a tag of every run: on its own host a dead owner is certain; runs of other
+    hosts (or from before the tags) are only listed, unless ``--older-than`` says they are stale.
+    """
+    from benchmark.lifecycle import doctor
+    from benchmark.tracking import default_tracking_uri, open_client, sqlite_path
+
+    uri = tracking_uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise BenchError(f"no MLflow store at {db}; pass the store with --tracking-uri")
+    client, uri = open_client(uri)
+    experiments = {str(e.experiment_id): e.name for e in client.search_experiments(max_results=50000)}
+    if experiment is not None:
+        experiments = {i: name for i, name in experiments.items() if name == experiment}
+        if not experiments:
+            raise BenchError(f"no experiment '{experiment}' in {uri}")
+    findings = doctor(client, experiments, older_than_hours=older_than, fix=not dry_run)
+    if not findings:
+        console.print(f"no RUNNING runs in {uri}", highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"RUNNING runs in {uri}")
+    for column in ("run id", "experiment", "name", "started", "owner", "action"):
+        table.add_column(column)
+    import datetime
+
+    for finding in findings:
+        run = finding.run
+        started = datetime.datetime.fromtimestamp(run.start_ms / 1000).strftime("%Y-%m-%d %H:%M")
+        table.add_row(run.run_id, run.experiment, run.name, started, run.owner, finding.action)
+    console.print(table)
+    fixed = sum(f.fixed for f in findings)
+    console.print(f"{fixed} of {len(findings)} RUNNING run(s) marked FAILED" if not dry_run else
+                  f"dry run: {sum('would mark' in f.action for f in findings)} of {len(findings)} would be marked "
+                  "FAILED", highlight=False)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The validated configuration of one run, built once at the edge (CLI or file)."""
+"""The configuration of one run as a user gives it (CLI or file), validated field by field.
+
+A `RunConfig` is what was *asked for*: names as spelled, paths as given. `benchmark.resolve.resolve_run`
+turns it into the `ResolvedRun` the engine takes; a run's identity (its config hash) is that object's.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 LMBFF_SEEDS = (13, 21, 42, 87, 100)
 NO_TEMPLATE = "none"
-# Options that add measurements to a run without changing its numbers: not part of its identity.
-MEASUREMENT_OPTIONS = frozenset({"diagnostics", "save_model", "save_kernels"})
 
 
 class RunConfig(BaseModel):
@@ -35,7 +35,9 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tracking_uri: str | None = None
     experiment: str = "kernel-bench"
-    cache_dir: Path | None = Field(default=None, description="split / kernel cache; None = ~/.cache/kernel-bench")
+    cache_dir: Path | None = Field(
+        default=None, description="split / kernel cache; None = $KERNEL_BENCH_CACHE or ~/.cache/kernel-bench"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
     @field_validator("template")
@@ -50,17 +52,8 @@ class RunConfig(BaseModel):
         """False when the run uses standard [CLS]-head inputs (``--template none``)."""
         return self.template is None or self.template.strip().lower() != NO_TEMPLATE
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that determine the run's numbers (not where it is logged, nor extra measurements)."""
-        identity = self.model_dump(mode="json", exclude={"tracking_uri", "experiment", "cache_dir", "device"})
-        identity["options"] = {k: v for k, v in identity["options"].items() if k not in MEASUREMENT_OPTIONS}
-        return identity
-
-    def config_hash(self) -> str:
-        """A short stable hash of `identity`, used to find an existing run of the same cell."""
-        blob = json.dumps(self.identity(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
     def resolved_cache_dir(self) -> Path:
-        """The cache directory, defaulting to ``~/.cache/kernel-bench``."""
-        return self.cache_dir or Path.home() / ".cache" / "kernel-bench"
+        """The cache directory: ``cache_dir``, else ``$KERNEL_BENCH_CACHE``, else ``~/.cache/kernel-bench``."""
+        from benchmark.tracking import default_cache_dir
+
+        return self.cache_dir or default_cache_dir()

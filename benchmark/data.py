@@ -26,8 +26,10 @@ Rows a reader drops (QQP's short rows, SNLI's Hub label -1) are not in the pool;
 lines, so where such rows exist in a train file the k-shot draw can differ from LM-BFF's.
 
 Split caches (``load_splits(cache_dir=...)``) are keyed by the task's data spec, ``k``, ``seed``,
-``test_cap`` and, for local files, their paths, sizes and mtimes; a Hub source is keyed by its id
-and splits only, so a cached Hub split also serves offline runs.
+``test_cap`` and, for local files, the SHA-256 of their contents (not their paths); a Hub source is
+keyed by its id and splits only, so a cached Hub split also serves offline runs. Each cache file
+stores its full key and a checksum of its splits; a file that does not match is recomputed with
+one warning.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -53,10 +56,12 @@ from registry import BenchError, HubSource, LocalSource, TaskSpec
 if TYPE_CHECKING:
     import datasets
 
+logger = logging.getLogger(__name__)
+
 TEST_SEED = 42
 """Seed of the test-set cap, independent of the k-shot seed (LM-Kernel-FT ``k-shot-1k-test``)."""
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 KSHOT_MODE_PREFERENCE = ("k-shot-1k-test", "k-shot")
 PLAIN_EXTENSIONS = ("csv", "jsonl")
 _PLAIN_TEXT_COLUMNS: dict[int, tuple[tuple[str, ...], ...]] = {
@@ -205,12 +210,11 @@ class _Source:
     files: dict[str, Path] = field(default_factory=dict)
     local: LocalSource | None = None
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies this source's content for the split cache (paths, sizes, mtimes)."""
-        files = {}
-        for split, path in sorted(self.files.items()):
-            stat = path.stat()
-            files[split] = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    def fingerprint(self, cache_dir: Path | None = None) -> dict[str, Any]:
+        """What identifies this source's content: its kind and the SHA-256 of each file (not their paths)."""
+        from benchmark.identity import file_digest
+
+        files = {split: file_digest(path, cache_dir=cache_dir) for split, path in sorted(self.files.items())}
         return {"kind": self.kind, "files": files}
 
 
@@ -523,16 +527,26 @@ def kshot_splits(
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def _cache_key(task: TaskSpec, source: _Source, *, k: int, seed: int, test_cap: int) -> str:
-    identity = {
+def _cache_identity(
+    task: TaskSpec, source: _Source, *, k: int, seed: int, test_cap: int, digest_dir: Path | None = None
+) -> dict[str, Any]:
+    return {
         "version": CACHE_VERSION,
         "task": task.model_dump(mode="json", include={"name", "labels", "num_sentences", "hub", "local"}),
-        "source": source.fingerprint(),
+        "source": source.fingerprint(digest_dir),
         "k": k,
         "seed": seed,
         "test_cap": test_cap,
     }
+
+
+def _cache_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _splits_checksum(splits_json: Mapping[str, Any]) -> str:
+    blob = json.dumps(splits_json, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _splits_to_json(splits: Splits) -> dict[str, list[dict[str, Any]]]:
@@ -542,31 +556,47 @@ def _splits_to_json(splits: Splits) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _read_cache(path: Path, key: str, num_labels: int) -> Splits | None:
-    """The cached splits at ``path``, or None if absent, stale or corrupt."""
+def _read_cache(path: Path, identity: Mapping[str, Any], num_labels: int) -> Splits | None:
+    """The cached splits at ``path``, or None if absent; a stale or corrupt file warns and is None.
+
+    The file holds its full key (``identity``) and a SHA-256 of its splits: a file written for other
+    data, or edited or damaged since (one flipped label), is never used.
+    """
+    if not path.is_file():
+        return None
+    problem = None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data["version"] != CACHE_VERSION or data["key"] != key:
-            return None
-        parts: dict[str, list[Example]] = {}
-        for split in ("train", "dev", "test"):
-            examples = []
-            for row in data["splits"][split]:
-                texts = tuple(row["texts"])
-                label = row["label"]
-                valid = isinstance(row["guid"], str) and all(isinstance(t, str) for t in texts)
-                if not valid or type(label) is not int or not 0 <= label < num_labels:
-                    return None
-                examples.append(Example(guid=row["guid"], texts=texts, label=label))
-            parts[split] = examples
-        return Splits(**parts)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+            problem = "written by another version of the suite"
+        elif data.get("identity") != json.loads(json.dumps(identity)) or data.get("key") != _cache_key(identity):
+            problem = "written for other data or settings"
+        elif data.get("checksum") != _splits_checksum(data["splits"]):
+            problem = "its checksum does not match its contents (edited or damaged)"
+        else:
+            parts: dict[str, list[Example]] = {}
+            for split in ("train", "dev", "test"):
+                examples = []
+                for row in data["splits"][split]:
+                    texts = tuple(row["texts"])
+                    label = row["label"]
+                    valid = isinstance(row["guid"], str) and all(isinstance(t, str) for t in texts)
+                    if not valid or type(label) is not int or not 0 <= label < num_labels:
+                        raise ValueError(f"bad row {row!r}")
+                    examples.append(Example(guid=row["guid"], texts=texts, label=label))
+                parts[split] = examples
+            return Splits(**parts)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+    logger.warning("split cache %s is not usable: %s; recomputing it", path, problem)
+    return None
 
 
-def _write_cache(path: Path, key: str, task: TaskSpec, splits: Splits) -> None:
+def _write_cache(path: Path, identity: Mapping[str, Any], task: TaskSpec, splits: Splits) -> None:
     """Write the splits atomically (temporary file + rename); a failure only costs the cache."""
-    payload = {"version": CACHE_VERSION, "key": key, "task": task.name, "splits": _splits_to_json(splits)}
+    splits_json = _splits_to_json(splits)
+    payload = {"version": CACHE_VERSION, "key": _cache_key(identity), "identity": identity, "task": task.name,
+               "checksum": _splits_checksum(splits_json), "splits": splits_json}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -579,7 +609,7 @@ def _write_cache(path: Path, key: str, task: TaskSpec, splits: Splits) -> None:
                 os.unlink(tmp)
             raise
     except OSError as exc:
-        warnings.warn(f"could not write the split cache '{path}': {exc}", stacklevel=3)
+        logger.warning("could not write the split cache %s (%s); the run goes on without it", path, exc)
 
 
 # ----------------------------------------------------------------------------------------- entry point
@@ -606,19 +636,13 @@ def load_splits(
         raise BenchError(f"k must be at least 1, got {k}")
     if test_cap < 0:
         raise BenchError(f"test_cap must be >= 0 (0 keeps the whole test set), got {test_cap}")
-    if data_dir is None:
-        source = _hub_source(task)
-    else:
-        root = resolve_data_dir(data_dir)
-        if not root.is_dir():
-            raise BenchError(f"data dir '{root}' does not exist; pass a folder with {_layout_hint(task)}")
-        source = _find_kshot_source(task, root, k, seed) or _find_pool_source(task, root)
-
+    source = _locate_source(task, data_dir, k, seed)
     cache_file = None
-    key = _cache_key(task, source, k=k, seed=seed, test_cap=test_cap)
     if cache_dir is not None:
+        identity = _cache_identity(task, source, k=k, seed=seed, test_cap=test_cap, digest_dir=Path(cache_dir).parent)
+        key = _cache_key(identity)
         cache_file = Path(cache_dir).expanduser() / f"{task.name}-{k}-{seed}-{test_cap}-{key[:16]}.json"
-        cached = _read_cache(cache_file, key, task.num_labels)
+        cached = _read_cache(cache_file, identity, task.num_labels)
         if cached is not None:
             return cached
 
@@ -638,8 +662,32 @@ def load_splits(
             label_names=task.labels,
         )
     if cache_file is not None:
-        _write_cache(cache_file, key, task, splits)
+        _write_cache(cache_file, identity, task, splits)
     return splits
 
 
-__all__ = ["TEST_SEED", "examples_from_hub_rows", "kshot_splits", "load_splits", "load_task_pools"]
+def _locate_source(task: TaskSpec, data_dir: Path | None, k: int, seed: int) -> _Source:
+    if data_dir is None:
+        return _hub_source(task)
+    root = resolve_data_dir(data_dir)
+    if not root.is_dir():
+        raise BenchError(f"data dir '{root}' does not exist; pass a folder with {_layout_hint(task)}")
+    return _find_kshot_source(task, root, k, seed) or _find_pool_source(task, root)
+
+
+def data_identity(
+    task: TaskSpec, *, k: int, seed: int, data_dir: Path | None, digest_dir: Path | None = None
+) -> dict[str, Any]:
+    """What identifies the data a run of ``task`` reads: the Hub dataset, or the SHA-256 of each local file.
+
+    The same files under another path give the same identity; an edited file gives another.
+    Raises `BenchError` (before any run exists) when the data cannot be found.
+    """
+    source = _locate_source(task, data_dir, k, seed)
+    if source.kind == "hub":
+        assert task.hub is not None
+        return {"kind": "hub", **task.hub.model_dump(mode="json")}
+    return source.fingerprint(digest_dir)
+
+
+__all__ = ["TEST_SEED", "data_identity", "examples_from_hub_rows", "kshot_splits", "load_splits", "load_task_pools"]

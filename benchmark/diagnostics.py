@@ -470,7 +470,7 @@ def diagnose_run(run_id: str, *, tracking_uri: str | None = None, log: bool = Tr
         )
         with build_context(config) as ctx:
             adapt = lora_adapter(chosen, config.seed) if method.lora else None  # type: ignore[arg-type]
-            binary = bool(meta["binary"]) if "binary" in meta else use_binary(ctx, default=False)
+            binary = bool(meta["binary"]) if "binary" in meta else use_binary(ctx)
             prepared = prepare(ctx, binary=binary, adapt_mlm=adapt)
             model = prepared.model
             mark_trainable(model, lora=method.lora)

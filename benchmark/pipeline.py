@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.backbones import load_masked_lm, resolve_backbone
+from benchmark.backbones import load_masked_lm
 from benchmark.methods.base import RunContext
 from benchmark.metrics import predict_labels, split_metrics
 from benchmark.models import LogitModel, build_logit_model
-from benchmark.prompts import EncodedSplit, PromptEncoder, resolve_prompt
+from benchmark.prompts import EncodedSplit, PromptEncoder
 
 SPLITS = ("train", "dev", "test")
 
@@ -34,10 +34,9 @@ class Prepared:
         return self.model.num_outputs
 
 
-def use_binary(ctx: RunContext, default: bool) -> bool:
-    """Whether this run uses the single logit-difference output (``--binary``, else ``default``)."""
-    wanted = ctx.config.binary if ctx.config.binary is not None else default
-    return bool(wanted) and ctx.task.num_labels == 2
+def use_binary(ctx: RunContext) -> bool:
+    """Whether this run uses the single logit-difference output (``--binary``, else the method's default)."""
+    return ctx.run.binary
 
 
 def prepare(
@@ -50,16 +49,16 @@ def prepare(
 
     ``adapt_mlm`` transforms the masked LM before the logit model is built (e.g. adds LoRA).
     """
-    config, task = ctx.config, ctx.task
-    mlm, tokenizer = load_masked_lm(resolve_backbone(config.backbone))
-    template, label_words = resolve_prompt(task, config.template, config.label_words)
+    run, task = ctx.run, ctx.task
+    mlm, tokenizer = load_masked_lm(run.backbone)
     encoder = PromptEncoder(
         tokenizer,
-        template=template,
-        label_words=label_words,
+        template=run.template,
+        label_words=run.label_words,
         max_seq_len=task.max_seq_len,
         first_sent_limit=task.first_sent_limit,
         other_sent_limit=task.other_sent_limit,
+        num_sentences=task.num_sentences,
     )
     if adapt_mlm is not None:
         mlm = adapt_mlm(mlm)
@@ -69,7 +68,7 @@ def prepare(
         label_word_ids=encoder.label_word_ids,
         num_labels=task.num_labels,
         binary=binary,
-        seed=config.seed,
+        seed=run.config.seed,
     ).to(ctx.device)
     encoded = {name: encoder.encode_all(getattr(ctx.splits, name)) for name in SPLITS}
     return Prepared(model=model, tokenizer=tokenizer, encoder=encoder, encoded=encoded)

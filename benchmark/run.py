@@ -14,9 +14,13 @@ import torch
 
 from benchmark.config import RunConfig
 from benchmark.examples import Splits
-from benchmark.methods.base import Method, RunContext, RunResult
+from benchmark.methods.base import MEASUREMENT, RunContext, RunResult
+from benchmark.resolve import ResolvedRun, resolve_method, resolve_run, resolve_task
 from benchmark.tracking import Tracker, tracked
-from registry import METHODS, TASKS, BenchError, TaskSpec, load_builtins, load_task_file
+from registry import BenchError
+
+__all__ = ["RunOutcome", "as_resolved", "build_context", "execute", "resolve_method", "resolve_run", "resolve_task",
+           "start_tracker"]
 
 
 @dataclass
@@ -29,21 +33,9 @@ class RunOutcome:
     seconds: float
 
 
-def resolve_task(config: RunConfig) -> TaskSpec:
-    """The task of ``config``: from ``--task-file`` if given, else the registry."""
-    load_builtins()
-    if config.task_file is not None:
-        spec = load_task_file(config.task_file)
-        if config.task and config.task != spec.name:
-            raise BenchError(f"--task '{config.task}' does not match the name '{spec.name}' in {config.task_file}")
-        return spec
-    return TASKS.get(config.task)
-
-
-def resolve_method(config: RunConfig) -> Method:
-    """The method of ``config``, with its options validated."""
-    load_builtins()
-    return METHODS.get(config.method).from_config(config)
+def as_resolved(run: RunConfig | ResolvedRun) -> ResolvedRun:
+    """``run`` itself, or the resolution of a `RunConfig` (validated before anything is logged)."""
+    return run if isinstance(run, ResolvedRun) else resolve_run(run)
 
 
 def resolve_device(config: RunConfig) -> torch.device:
@@ -55,34 +47,36 @@ def resolve_device(config: RunConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def run_tags(config: RunConfig, task: TaskSpec, method: Method) -> dict[str, str]:
+def run_tags(run: ResolvedRun) -> dict[str, str]:
     """The MLflow tags that identify a run's cell."""
+    config = run.config
     return {
-        "task": task.name,
-        "method": method.name,
-        "method_family": method.family,
+        "task": run.task.name,
+        "method": run.method.name,
+        "method_family": run.method.family,
         "backbone": config.backbone,
+        "backbone_name": run.backbone.name,
         "k": str(config.k),
         "seed": str(config.seed),
-        "template": "none" if not config.prompt_based else (config.template or "default"),
-        "config_hash": config.config_hash(),
+        "template": "none" if not run.prompt_based else (config.template or "default"),
+        "config_hash": run.config_hash(),
     }
 
 
-def run_name(config: RunConfig, task: TaskSpec, method: Method) -> str:
+def run_name(run: ResolvedRun) -> str:
     """A run name that says what differs between runs: task, method, k, seed, template, options, short hash.
 
     The config hash's first 6 characters end every name, so two different configurations never share one.
     """
-    from benchmark.config import MEASUREMENT_OPTIONS
-
-    parts = [task.name, method.name, f"k{config.k}", f"s{config.seed}"]
-    if not config.prompt_based:
+    config = run.config
+    measurement = set(run.method.options.fields_with_role(MEASUREMENT))
+    parts = [run.task.name, run.method.name, f"k{config.k}", f"s{config.seed}"]
+    if not run.prompt_based:
         parts.append("no-prompt")
     elif config.template:
         parts.append("tmpl")
     for key, value in sorted(config.options.items()):
-        if key in MEASUREMENT_OPTIONS:
+        if key in measurement:
             continue
         if isinstance(value, dict):  # an in-run grid: name the axes and their values
             parts.extend(f"{k}={','.join(map(str, v))}" for k, v in sorted(value.items()))
@@ -91,45 +85,46 @@ def run_name(config: RunConfig, task: TaskSpec, method: Method) -> str:
     name = "-".join(parts)
     if len(name) > 90:
         name = name[:89] + "…"
-    return f"{name}-{config.config_hash()[:6]}"
+    return f"{name}-{run.config_hash()[:6]}"
 
 
-def start_tracker(config: RunConfig, parent_run_id: str | None = None) -> Tracker:
-    """Create the MLflow run of ``config`` (validating task and method first)."""
-    task = resolve_task(config)
-    method = resolve_method(config)
-    name = run_name(config, task, method)
+def start_tracker(run: RunConfig | ResolvedRun, parent_run_id: str | None = None) -> Tracker:
+    """Create the MLflow run of ``run`` (resolving and validating it first)."""
+    run = as_resolved(run)
+    config = run.config
+    name = run_name(run)
     return Tracker.start(
         tracking_uri=config.tracking_uri,
         experiment=config.experiment,
         run_name=name,
-        tags=run_tags(config, task, method),
+        tags=run_tags(run),
         parent_run_id=parent_run_id,
     )
 
 
-def load_config_splits(config: RunConfig, task: TaskSpec) -> Splits:
-    """The k-shot splits of ``config`` (its k, seed, data directory, test cap and split cache)."""
+def load_config_splits(run: ResolvedRun) -> Splits:
+    """The k-shot splits of ``run`` (its k, seed, data directory, test cap and split cache)."""
     from benchmark.data import load_splits
 
-    return load_splits(task, k=config.k, seed=config.seed, data_dir=config.data_dir, test_cap=config.test_cap,
-                       cache_dir=config.resolved_cache_dir() / "splits")
+    config = run.config
+    return load_splits(run.task, k=config.k, seed=config.seed, data_dir=config.data_dir, test_cap=config.test_cap,
+                       cache_dir=run.cache_root() / "splits")
 
 
 @contextmanager
-def build_context(config: RunConfig, tracker: Tracker | None = None) -> Iterator[RunContext]:
-    """A `RunContext` for ``config`` outside a tracked run (logging goes to ``tracker`` or nowhere)."""
+def build_context(run: RunConfig | ResolvedRun, tracker: Tracker | None = None) -> Iterator[RunContext]:
+    """A `RunContext` for ``run`` outside a tracked run (logging goes to ``tracker`` or nowhere)."""
     from benchmark.tracking import NullTracker
 
-    task = resolve_task(config)
-    splits = load_config_splits(config, task)
+    run = as_resolved(run)
+    splits = load_config_splits(run)
     with tempfile.TemporaryDirectory(prefix="kernel-bench-") as work:
-        yield RunContext(config=config, task=task, splits=splits, tracker=tracker or NullTracker(),
-                         device=resolve_device(config), work_dir=Path(work))
+        yield RunContext(run=run, splits=splits, tracker=tracker or NullTracker(),
+                         device=resolve_device(run.config), work_dir=Path(work))
 
 
 def execute(
-    config: RunConfig,
+    run: RunConfig | ResolvedRun,
     *,
     tracker: Tracker | None = None,
     finish: bool = True,
@@ -138,28 +133,25 @@ def execute(
     rank: int = 0,
     world_size: int = 1,
 ) -> RunOutcome:
-    """Run ``config`` end to end and log it; the MLflow run is FAILED if anything raises.
+    """Run ``run`` end to end and log it; the MLflow run is FAILED if anything raises.
 
     ``tracker`` logs into an existing run (a launcher's); with ``finish=False`` the caller closes it.
+    Everything a user can get wrong is checked before an MLflow run exists for it.
     """
-    from benchmark.backbones import resolve_backbone
-
-    # Validate what a user can get wrong before an MLflow run exists for it.
-    task = resolve_task(config)
-    method = resolve_method(config)
+    run = as_resolved(run)
+    config, method = run.config, run.method
     device = resolve_device(config)
-    resolve_backbone(config.backbone)
-    splits = load_config_splits(config, task)
-    tracker = tracker or start_tracker(config)
+    splits = load_config_splits(run)
+    method.check_inputs(run, splits)
+    tracker = tracker or start_tracker(run)
     start = time.perf_counter()
 
     def body() -> RunResult:
-        tracker.log_params(flat_params(config, task))
+        tracker.log_params(flat_params(run))
         tracker.log_params({f"n_{name}": size for name, size in splits.sizes().items()})
         with tempfile.TemporaryDirectory(prefix="kernel-bench-") as work:
             ctx = RunContext(
-                config=config,
-                task=task,
+                run=run,
                 splits=splits,
                 tracker=tracker,
                 device=device,
@@ -170,7 +162,7 @@ def execute(
                 world_size=world_size,
             )
             result = method.run(ctx)
-            log_result(tracker, config, task, result, time.perf_counter() - start)
+            log_result(tracker, run, result, time.perf_counter() - start)
         return result
 
     if finish:
@@ -181,21 +173,26 @@ def execute(
     return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
 
 
-def flat_params(config: RunConfig, task: TaskSpec) -> dict[str, Any]:
-    """The config as flat MLflow params (options prefixed with ``opt.``)."""
+def flat_params(run: ResolvedRun) -> dict[str, Any]:
+    """The canonical config as flat MLflow params: every typed method option as ``opt.<name>``."""
+    config = run.config
     params = config.model_dump(mode="json", exclude={"options", "tracking_uri"})
-    params.update({f"opt.{key}": value for key, value in config.options.items()})
-    params["num_labels"] = task.num_labels
-    params["config_hash"] = config.config_hash()
+    options = run.method.options.model_dump(mode="json")
+    params.update({f"opt.{key}": value for key, value in options.items() if value not in (None, {}, [])})
+    params["num_labels"] = run.task.num_labels
+    params["binary_output"] = run.binary
+    params["label_words"] = ",".join(run.label_words) if run.prompt_based else None
+    params["config_hash"] = run.config_hash()
     return {key: value for key, value in params.items() if value is not None}
 
 
-def log_result(tracker: Tracker, config: RunConfig, task: TaskSpec, result: RunResult, seconds: float) -> None:
+def log_result(tracker: Tracker, run: ResolvedRun, result: RunResult, seconds: float) -> None:
     """Log a method's metrics, params, resolved config and predictions to the run."""
     tracker.log_metrics({**result.metrics, "wall_seconds": seconds})
     if result.params:
         tracker.log_params({f"result.{key}": value for key, value in result.params.items()})
-    resolved = {"config": config.model_dump(mode="json"), "task": task.model_dump(mode="json")}
+    resolved = {"config": run.config.model_dump(mode="json"), "task": run.task.model_dump(mode="json"),
+                "identity": run.identity(), "config_hash": run.config_hash()}
     tracker.log_json(resolved, "config.json")
     if result.predictions:
         tracker.log_json(result.predictions, "predictions.json")

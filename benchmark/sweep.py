@@ -1,7 +1,7 @@
 """Sweeps: expand a grid of cells, run each through a runner, and resume where an interrupted sweep stopped.
 
 A **cell** is one `RunConfig` (task, method, backbone, k, seed, template, options with one grid
-point), identified by `RunConfig.config_hash` (MLflow tag ``config_hash``). A method's
+point), identified by `ResolvedRun.config_hash` (MLflow tag ``config_hash``). A method's
 hyper-parameter grid is expanded into separate cells, each its own run, so that the leaderboard's
 best-dev-per-seed selection chooses among them, as the reference's result gathering does.
 
@@ -223,6 +223,7 @@ class Cell:
     seconds: float = 0.0
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -249,6 +250,7 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
     unknown names, bad options and missing data directories raise `BenchError` before anything runs.
     """
     from benchmark.backbones import resolve_backbone
+    from benchmark.resolve import resolve_run
     from registry import METHODS, TASKS, load_builtins, load_task_file
 
     load_builtins()
@@ -265,7 +267,6 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
     if spec.data_dir is not None and not resolve_data_dir(spec.data_dir).is_dir():
         raise BenchError(f"--data-dir '{spec.data_dir}' does not exist")
     cells: list[Cell] = []
-    validated: set[str] = set()
     for backbone, task, (method, entry), k, template in itertools.product(
         spec.backbones, tasks, methods.items(), spec.k, spec.templates
     ):
@@ -285,11 +286,9 @@ def expand_cells(spec: SweepSpec, *, tracking_uri: str | None = None) -> list[Ce
                     device=spec.device, tracking_uri=tracking_uri or spec.tracking_uri,
                     experiment=spec.experiment, cache_dir=spec.cache_dir, options={**options, **point},
                 )
-                key = json.dumps([method, config.options], sort_keys=True, default=str)
-                if key not in validated:
-                    METHODS.get(method).from_config(config)  # options checked once per method and point
-                    validated.add(key)
-                cells.append(Cell(index=len(cells), config=config, hash=config.config_hash()))
+                run = resolve_run(config)  # everything checked (incl. label words) before any cell runs
+                cells.append(Cell(index=len(cells), config=run.config, hash=run.config_hash(),
+                                  identity=run.identity()))
     seen: dict[str, Cell] = {}
     for cell in cells:
         if cell.hash in seen:
@@ -530,6 +529,7 @@ def _adopt_runs(config: RunConfig, parent_run_id: str, since_ms: int) -> None:
     """Set the parent of the runs of ``config`` created since ``since_ms`` (launchers that cannot)."""
     from mlflow.tracking import MlflowClient
 
+    from benchmark.resolve import resolve_run
     from benchmark.tracking import default_tracking_uri
 
     client = MlflowClient(tracking_uri=config.tracking_uri or default_tracking_uri())
@@ -537,7 +537,7 @@ def _adopt_runs(config: RunConfig, parent_run_id: str, since_ms: int) -> None:
     if found is None:
         return
     runs = client.search_runs([found.experiment_id],
-                              filter_string=f"tags.config_hash = '{config.config_hash()}' and "
+                              filter_string=f"tags.config_hash = '{resolve_run(config).config_hash()}' and "
                                             f"attributes.start_time >= {since_ms}")
     for run in runs:
         if "mlflow.parentRunId" not in run.data.tags:
@@ -607,7 +607,7 @@ class Sweep:
         tracker = Tracker(client, self.parent_run_id, self.store.experiment_id)
         if self.spec is not None:
             tracker.log_json(self.spec.model_dump(mode="json", by_alias=False), "sweep.json")
-        tracker.log_json([{"hash": c.hash, **c.config.identity()} for c in self.cells], "cells.json")
+        tracker.log_json([{"hash": c.hash, **c.identity} for c in self.cells], "cells.json")
 
     def _close_parent(self, status: str) -> None:
         if not self.parent_run_id:
@@ -635,11 +635,13 @@ class Sweep:
             cell.metrics = dict(finished[0].data.metrics)
             self.display.cell_done(cell, note="finished meanwhile by another process")
             return
+        from benchmark.lifecycle import close_stale, owner_state
+
         for run in runs:
-            if run.info.status in ("RUNNING", "SCHEDULED"):
-                # We hold the cell's lock, so the process that started this run is gone.
-                self.store.client.set_tag(run.info.run_id, "killed_reason", "stale: its process died (lock free)")
-                self.store.client.set_terminated(run.info.run_id, status="KILLED")
+            # We hold the cell's lock, so no sweep runs this cell; a run whose owner is alive on this host
+            # (e.g. a plain `bench run` of the same config) is left alone, any other is stale.
+            if run.info.status in ("RUNNING", "SCHEDULED") and owner_state(run.data.tags) != "alive":
+                close_stale(self.store.client, run.info.run_id, "stale: its process died (lock free)", "KILLED")
         cell.status = "running"
         self.display.cell_started(cell)
         start = time.perf_counter()

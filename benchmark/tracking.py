@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
+import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -15,6 +19,20 @@ from typing import Any
 from registry import BenchError
 
 DEFAULT_STORE = Path("mlruns") / "mlflow.db"
+CACHE_ENV = "KERNEL_BENCH_CACHE"
+STORE_LOCK_TIMEOUT_S = 300.0
+HTTP_PROBE_TIMEOUT_S = 3.0
+SQLITE_HEADER = b"SQLite format 3\x00"
+# The store schemes MLflow knows (``postgresql+psycopg2`` etc. count by their part before the '+').
+STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                 "databricks-uc", "uc")
+DOCTOR_HINT = "`bench doctor` marks it FAILED once its process is gone"
+
+
+def default_cache_dir() -> Path:
+    """The cache root when none is given: ``$KERNEL_BENCH_CACHE`` if set, else ``~/.cache/kernel-bench``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kernel-bench"
 HEADLINE_VIEW = "headline"
 """Share key of the runs-table view with the headline columns: ``#/experiments/ID/runs?viewStateShareKey=headline``."""
 HEADLINE_COLUMNS = ("metrics.`dev_acc`", "metrics.`test_acc`", "metrics.`wall_seconds`", "tags.`task`",
@@ -34,6 +52,136 @@ def default_tracking_uri() -> str:
         return env
     DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI (absolute), or None (not SQLite, or in memory)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = urllib.parse.urlparse(uri).path
+    if uri.startswith("sqlite:////"):
+        return Path(path[1:])
+    if not path or path == "/:memory:":
+        return None
+    return Path(path.lstrip("/")).expanduser().resolve()
+
+
+def store_lock_path(db: Path) -> Path:
+    """The lock that serialises creating and upgrading the SQLite store ``db`` (the sweep's store lock too)."""
+    return db.parent / f"{db.name}.locks" / "store.lock"
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold the cross-process lock of a SQLite store (nothing for other stores)."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock_path = store_lock_path(db)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create the MLflow store directory {lock_path.parent}: {exc.strerror}") from None
+    try:
+        with FileLock(str(lock_path), timeout=STORE_LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise BenchError(f"the MLflow store {db} stayed locked for {STORE_LOCK_TIMEOUT_S:.0f} s by another "
+                         f"process; remove {lock_path} if no bench process is running") from None
+
+
+def check_store(uri: str) -> None:
+    """Refuse, in one line and at once, a store that cannot work: a SQLite path that is not an SQLite file,
+    or an HTTP server that does not answer (MLflow would retry for minutes)."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme.split("+")[0] not in STORE_SCHEMES and len(scheme) > 1:  # one letter: a Windows drive
+        raise BenchError(f"--tracking-uri {uri}: unsupported scheme '{scheme}'; use sqlite:///PATH/mlflow.db, "
+                         "http(s)://HOST:PORT or a database URI MLflow supports")
+    db = sqlite_path(uri)
+    if db is not None and db.is_file() and db.stat().st_size > 0:
+        with db.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise BenchError(f"--tracking-uri {uri}: {db} is not an SQLite database; give a new file name "
+                             "or an existing MLflow store")
+    elif db is not None and db.is_dir():
+        raise BenchError(f"--tracking-uri {uri}: {db} is a directory; name the database file (…/mlflow.db)")
+    if scheme in ("http", "https"):
+        parsed = urllib.parse.urlparse(uri)
+        port = parsed.port or (443 if scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname or "localhost", port), timeout=HTTP_PROBE_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            raise BenchError(f"cannot reach the MLflow tracking server at {uri} ({exc.strerror or exc}); "
+                             "start it or pass another --tracking-uri") from None
+
+
+def store_error(uri: str, exc: BaseException) -> BenchError:
+    """A one-line `BenchError` for an exception MLflow raised on the store ``uri``."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return BenchError(f"cannot use MLflow tracking store '{uri}': {first}")
+
+
+def open_client(tracking_uri: str | None) -> tuple[Any, str]:
+    """An `MlflowClient` on ``tracking_uri`` (default store if None) and the URI; a new SQLite store is
+    created (schema migrations) under the store lock, so processes starting at once do not race."""
+    import logging
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # store migrations log at INFO on every new store
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = tracking_uri or default_tracking_uri()
+    check_store(uri)
+    with store_lock(uri):
+        try:
+            client = MlflowClient(tracking_uri=uri)  # builds (and upgrades) a SQLite store's schema
+            if sqlite_path(uri) is not None:
+                client.search_experiments(max_results=1)  # any schema problem shows here, inside the lock
+        except BenchError:
+            raise
+        except Exception as exc:  # MLflow raises many types for a bad store
+            raise store_error(uri, exc) from None
+    mlflow.set_tracking_uri(uri)
+    return client, uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``<db dir>/artifacts`` for a SQLite store (not the current
+    directory's ./mlruns); None (MLflow's default) for servers and other stores."""
+    db = sqlite_path(uri)
+    return (db.parent / "artifacts").as_uri() if db is not None else None
+
+
+def get_or_create_experiment(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing (serialised for SQLite, race-tolerant for servers)."""
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(uri):
+        try:
+            found = client.get_experiment_by_name(name)
+            if found is not None:
+                return str(found.experiment_id)
+            try:
+                return str(client.create_experiment(name, artifact_location=artifact_location(uri),
+                                                    tags=EXPERIMENT_TAGS))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = client.get_experiment_by_name(name)  # another process created it meanwhile
+                if found is None:
+                    raise
+                return str(found.experiment_id)
+        except BenchError:
+            raise
+        except Exception as exc:
+            raise store_error(uri, exc) from None
 
 
 @cache
@@ -65,16 +213,7 @@ class Tracker:
 
     @staticmethod
     def _client(tracking_uri: str | None) -> Any:
-        import logging
-
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
-        for name in ("mlflow", "alembic"):  # store migrations log at INFO on every new store
-            logging.getLogger(name).setLevel(logging.WARNING)
-        uri = tracking_uri or default_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        return MlflowClient(tracking_uri=uri)
+        return open_client(tracking_uri)[0]
 
     @classmethod
     def start(
@@ -86,19 +225,25 @@ class Tracker:
         tags: dict[str, str],
         parent_run_id: str | None = None,
     ) -> Tracker:
-        """Create a new RUNNING run in ``experiment`` (created if missing)."""
-        client = cls._client(tracking_uri)
-        try:
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = (found.experiment_id if found
-                             else client.create_experiment(experiment, tags=EXPERIMENT_TAGS))
-        except Exception as exc:  # MLflow raises many types for a bad store
-            raise BenchError(f"cannot use MLflow tracking store '{tracking_uri}': {str(exc).splitlines()[0]}") from exc
-        all_tags = {"mlflow.runName": run_name, "code_version": code_version(), **tags}
+        """Create a new RUNNING run in ``experiment`` (created if missing), its owner (host, pid) as tags.
+
+        A top-level run first closes, as FAILED, the runs of the experiment left RUNNING by processes of
+        this host that are gone (a sweep's cells are left to the sweep's own stale-run check).
+        """
+        from benchmark.lifecycle import close_dead_runs, owner_tags
+
+        client, uri = open_client(tracking_uri)
+        exp_id = get_or_create_experiment(client, uri, experiment)
+        if not parent_run_id:
+            _close_dead_runs(client, exp_id, close_dead_runs)
+        all_tags = {"mlflow.runName": run_name, "code_version": code_version(), **owner_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-        return cls(client, run.info.run_id, experiment_id)
+        try:
+            run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+        except Exception as exc:
+            raise store_error(uri, exc) from None
+        return cls(client, run.info.run_id, exp_id)
 
     @classmethod
     def attach(cls, *, tracking_uri: str | None, run_id: str) -> Tracker:
@@ -176,17 +321,51 @@ class NullTracker(Tracker):
         pass
 
 
+def _close_dead_runs(client: Any, exp_id: str, close: Any) -> None:
+    try:
+        closed = close(client, exp_id)
+    except Exception:  # housekeeping must never stop a run from starting
+        return
+    if closed:
+        print(f"marked {len(closed)} run(s) FAILED that were left RUNNING by processes that are gone "
+              f"({', '.join(closed)})", file=sys.stderr, flush=True)
+
+
+def close_run(tracker: Tracker, status: str, error: str | None = None) -> bool:
+    """Set the error tag (if any), then the final ``status``, each tried even if the other fails (a full
+    disk fails the tag write first). Returns False, after one line on stderr, when the run stays RUNNING."""
+    if error is not None:
+        with contextlib.suppress(Exception):
+            tracker.set_tags({"error": error[:5000]})
+    try:
+        tracker.finish(status)
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        print(f"warning: could not mark run {tracker.run_id} {status} ({first}); it stays RUNNING until "
+              f"{DOCTOR_HINT}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 @contextmanager
 def tracked(tracker: Tracker) -> Iterator[Tracker]:
-    """Finish the run as FINISHED on success, KILLED on Ctrl-C, FAILED on any other exception."""
+    """Finish the run as FINISHED on success, KILLED on Ctrl-C or SIGTERM, FAILED on any other exception.
+
+    A store that fails while the run is closed does not hide the run's own exception; a run that could
+    not be closed after success raises `BenchError` (its numbers were not all recorded).
+    """
     try:
         yield tracker
     except KeyboardInterrupt:
-        tracker.finish("KILLED")
+        from benchmark.lifecycle import acknowledge_interrupt
+
+        acknowledge_interrupt()
+        close_run(tracker, "KILLED")
         raise
     except BaseException as exc:
-        tracker.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
-        tracker.finish("FAILED")
+        close_run(tracker, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     else:
-        tracker.finish("FINISHED")
+        if not close_run(tracker, "FINISHED"):
+            raise BenchError(f"the MLflow store failed while closing run {tracker.run_id}; {DOCTOR_HINT}")

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.methods.base import MethodOptions
+from benchmark.methods.base import MEASUREMENT, MethodOptions, role
 from benchmark.metrics import predict_labels, split_metrics
 from benchmark.pipeline import compute_logits, to_device
 from benchmark.prompts import EncodedSplit
@@ -65,7 +65,8 @@ class TrainingOptions(MethodOptions):
     adam_beta1: float = Field(default=0.9, ge=0, lt=1)
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
-    checkpoint: Literal["memory", "disk"] = Field(default="memory", description="where the best-dev weights live")
+    checkpoint: Literal["memory", "disk"] = Field(default="memory", description="where the best-dev weights live",
+                                                  json_schema_extra=role(MEASUREMENT))
 
     def warmup(self) -> int:
         """The number of warmup steps (``warmup_steps`` if set, else ``ceil(warmup_ratio * steps)``)."""

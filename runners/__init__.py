@@ -1,9 +1,13 @@
-"""How a run executes: in the calling process (``local``) or under the DeepSpeed launcher (``deepspeed``).
+"""How a run executes: runners are plugins (`runners.base.Runner`, registry `RUNNERS`, ``--launcher NAME``).
 
-The launcher does not change a run's numbers, so its options live here, outside `RunConfig`::
+Built in: ``local`` (this process) and ``deepspeed`` (N ranks per node, one or more nodes).
+The launcher does not change a run's numbers, so its
+options live with the runner, outside `RunConfig`::
 
-    from runners import LaunchOptions, launch
-    outcome = launch(config, LaunchOptions(launcher="deepspeed", num_gpus=2))
+    from runners import make_runner
+    outcome = make_runner("deepspeed", {"num_gpus": 2}).launch(config)
+
+`LaunchOptions` / `launch` are the older shorthand for ``local`` and ``deepspeed``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from benchmark.config import RunConfig
 from benchmark.run import RunOutcome
+from runners.base import RUNNERS, Runner, make_runner, parse_launch_opts, runner_options, sweep_runner
 
 
 class LaunchOptions(BaseModel):
@@ -45,20 +50,20 @@ class LaunchOptions(BaseModel):
         return self
 
 
-def launch(config: RunConfig, options: LaunchOptions | None = None) -> RunOutcome:
+    def runner_options(self) -> dict[str, object]:
+        """The options of `launcher`'s runner that these shorthand fields set."""
+        return self.model_dump(exclude={"launcher"}, exclude_defaults=True)
+
+
+def launch(config: RunConfig, options: LaunchOptions | None = None, parent_run_id: str | None = None) -> RunOutcome:
     """Execute ``config`` with the chosen launcher and return its outcome (one MLflow run either way).
 
     Raises `registry.BenchError` for bad launcher input (unparseable DeepSpeed config, more
     processes than devices, ...) and when the DeepSpeed workers fail (the run is then FAILED).
     """
     options = options or LaunchOptions()
-    if options.launcher == "deepspeed":
-        from runners.deepspeed import run_deepspeed
-
-        return run_deepspeed(config, options)
-    from runners.local import run_local
-
-    return run_local(config)
+    return make_runner(options.launcher, options.runner_options()).launch(config, parent_run_id=parent_run_id)
 
 
-__all__ = ["LaunchOptions", "RunOutcome", "launch"]
+__all__ = ["RUNNERS", "LaunchOptions", "RunOutcome", "Runner", "launch", "make_runner", "parse_launch_opts",
+           "runner_options", "sweep_runner"]

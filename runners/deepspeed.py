@@ -14,6 +14,7 @@ Without CUDA (or with ``DS_ACCELERATOR=cpu``) the workers are CPU processes talk
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -23,18 +24,55 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from benchmark.config import RunConfig
 from benchmark.methods.base import RunResult
 from benchmark.run import RunOutcome, resolve_method, start_tracker
-from benchmark.tracking import Tracker, default_tracking_uri
+from benchmark.tracking import DOCTOR_HINT, Tracker, close_run, default_tracking_uri
 from benchmark.training import TrainingOptions, check_global_batch
 from registry import BenchError
-from runners import LaunchOptions
+from runners.multinode import NodePlan, node_plan, per_node_command
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "zero2"
+
+
+class DeepSpeedOptions(BaseModel):
+    """``--launcher deepspeed`` options (``--launch-opt key=value``; ``--num-gpus`` etc. are shorthands)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_gpus: int | None = Field(
+        default=None, ge=1, description="processes per node (default: every visible GPU, 1 on CPU)"
+    )
+    num_nodes: int = Field(default=1, ge=1, description="nodes (needs a hostfile when > 1)")
+    hostfile: Path | None = Field(default=None, description="DeepSpeed hostfile ('host slots=N' per line)")
+    deepspeed_config: Path | None = Field(
+        default=None, description="DeepSpeed JSON config, or a bundled name: zero0, zero1, zero2 (default)"
+    )
+    master_port: int | None = Field(default=None, ge=1, le=65535, description="rendezvous port (default: a free one)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 / fp16 need GPUs")
+    node_rank: int | None = Field(default=None, ge=0, description="this node's rank when every node runs its own "
+                                  "launcher (default: SLURM_NODEID in a multi-node SLURM job); see runners.multinode")
+    master_addr: str | None = Field(default=None, description="node 0's address for a per-node launch "
+                                    "(default: MASTER_ADDR, else the first host of the SLURM job)")
+
+
+class DeepSpeedRunner:
+    """``--launcher deepspeed``: the run on N DeepSpeed ranks per node; one MLflow run, logged by rank 0."""
+
+    name: ClassVar[str] = "deepspeed"
+    Options: ClassVar[type[BaseModel]] = DeepSpeedOptions
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options or DeepSpeedOptions()
+
+    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
+        """Start the DeepSpeed launcher on `runners.worker` for ``config`` and wait for it."""
+        return run_deepspeed(config, self.options, parent_run_id=parent_run_id)  # type: ignore[arg-type]
 
 
 def bundled_configs() -> list[str]:
@@ -109,7 +147,7 @@ def parse_hostfile(path: Path) -> dict[str, int]:
     return hosts
 
 
-def processes_per_node(options: LaunchOptions, *, on_cpu: bool) -> int:
+def processes_per_node(options: DeepSpeedOptions, *, on_cpu: bool) -> int:
     """``--num-gpus`` checked against what this node (or the hostfile) offers."""
     if options.hostfile is not None:
         hosts = parse_hostfile(options.hostfile)
@@ -159,7 +197,7 @@ def decode(text: str) -> Any:
 
 
 def launcher_command(
-    options: LaunchOptions, *, num_gpus: int, port: int, worker_args: list[str]
+    options: DeepSpeedOptions, *, num_gpus: int, port: int, worker_args: list[str]
 ) -> list[str]:
     """The DeepSpeed launcher command line that starts `runners.worker` on every rank."""
     command = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_gpus),
@@ -172,42 +210,82 @@ def launcher_command(
 def stream(command: list[str], env: dict[str, str]) -> int:
     """Run ``command``, copying its output (stdout and stderr) line by line to ours; returns its exit code.
 
-    On Ctrl-C the launcher's process group is interrupted, then terminated, and the interrupt re-raised.
+    The launcher runs in its own process group (session). On Ctrl-C or SIGTERM that whole group -- the
+    launcher and every worker -- is interrupted, then terminated, then killed, until no process of it is
+    left, and the interrupt is re-raised (as `Terminated` for SIGTERM) so that the run is closed as KILLED.
     """
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-        bufsize=1, env=env, start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        return process.wait()
-    except KeyboardInterrupt:
-        _stop(process)
-        raise
+    from benchmark.lifecycle import acknowledge_interrupt, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+            errors="replace", bufsize=1, env=env, start_new_session=True,
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            return process.wait()
+        except KeyboardInterrupt:
+            acknowledge_interrupt()
+            stop_group(process)
+            raise
+        finally:
+            if process.stdout is not None:
+                process.stdout.close()
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc (Linux)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _group_gone(process: subprocess.Popen[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        process.poll()  # reap the launcher itself
+        gone = not group_members(process.pid) if Path("/proc").is_dir() else process.returncode is not None
+        if gone:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def stop_group(process: subprocess.Popen[str]) -> None:
+    """Stop the launcher's process group: SIGINT, then SIGTERM, then SIGKILL, waiting after each until no
+    process of the group is left (workers orphaned by a launcher that exits first included)."""
     for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        if _group_gone(process, wait):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
-def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
+def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: str | None = None) -> RunOutcome:
     """Run ``config`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
     on_cpu = cpu_mode()
     ds_config = apply_precision(load_deepspeed_config(options.deepspeed_config), options.precision, on_cpu=on_cpu)
-    num_gpus = processes_per_node(options, on_cpu=on_cpu)
-    check_method_options(config, num_gpus * options.num_nodes)
+    plan = node_plan(options)  # one launcher per node (SLURM-style), or None: one launcher for all nodes
+    num_nodes = plan.num_nodes if plan is not None else options.num_nodes
+    num_gpus = processes_per_node(options if plan is None else options.model_copy(update={"num_nodes": 1}),
+                                  on_cpu=on_cpu)
+    check_method_options(config, num_gpus * num_nodes)
     config = config.model_copy(update={
         "tracking_uri": config.tracking_uri or default_tracking_uri(),
         "device": "cpu" if on_cpu else config.device,
@@ -215,20 +293,25 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if on_cpu:
         env["DS_ACCELERATOR"] = "cpu"
-    tracker = start_tracker(config)
-    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * options.num_nodes,
+    if plan is not None and plan.node_rank != 0:
+        return run_follower(config, ds_config, plan, num_gpus, env)
+    tracker = start_tracker(config, parent_run_id=parent_run_id)
+    tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * num_nodes, "num_nodes": num_nodes,
                       "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0)})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
         result_path = Path(tmp) / "result.json"
         worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", tracker.run_id,
                        "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
-        command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
-                                   worker_args=worker_args)
+        if plan is not None:
+            command = per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args)
+        else:
+            command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
+                                       worker_args=worker_args)
         try:
             code = stream(command, env)
-        except KeyboardInterrupt:
-            tracker.finish("KILLED")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the launcher's group is stopped by now
+            close_run(tracker, "KILLED")
             raise
         except BaseException as exc:
             _fail(tracker, f"{type(exc).__name__}: {exc}")
@@ -240,14 +323,33 @@ def run_deepspeed(config: RunConfig, options: LaunchOptions) -> RunOutcome:
         message = first or f"the DeepSpeed workers failed with exit code {code}; see their output above"
         _fail(tracker, message)
         raise BenchError(message)
-    tracker.finish("FINISHED")
+    if not close_run(tracker, "FINISHED"):
+        raise BenchError(f"the MLflow store failed while closing run {tracker.run_id}; {DOCTOR_HINT}")
     result = _result_from(reported, tracker)
     return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
 
 
+def run_follower(config: RunConfig, ds_config: dict[str, Any], plan: NodePlan, num_gpus: int,
+                 env: dict[str, str]) -> RunOutcome:
+    """Node ``plan.node_rank`` > 0 of a per-node launch: run this node's ranks; node 0 owns the MLflow run.
+
+    The outcome has no run id and no metrics (they are logged by rank 0, on node 0).
+    """
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", "",
+                       "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
+        code = stream(per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args), env)
+        errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
+    if code != 0 or errors:
+        first = next((error for error in errors if error), None)
+        raise BenchError(first or f"node {plan.node_rank}: the DeepSpeed workers failed with exit code {code}")
+    return RunOutcome(run_id="", config=config, result=RunResult(metrics={}), seconds=time.perf_counter() - start)
+
+
 def _fail(tracker: Tracker, message: str) -> None:
-    tracker.set_tags({"error": message[:5000]})
-    tracker.finish("FAILED")
+    close_run(tracker, "FAILED", message)
 
 
 def _result_from(reported: dict[str, Any], tracker: Tracker) -> RunResult:

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
 from benchmark.config import RunConfig
-from benchmark.run import RunOutcome, execute
+from benchmark.run import RunOutcome, execute, start_tracker
+from benchmark.tracking import tracked
 
 
-def run_local(config: RunConfig) -> RunOutcome:
+class LocalOptions(BaseModel):
+    """The local runner takes no options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalRunner:
+    """``--launcher local`` (the default): execute in this process (``--device`` picks CPU or GPU)."""
+
+    name: ClassVar[str] = "local"
+    Options: ClassVar[type[BaseModel]] = LocalOptions
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options or LocalOptions()
+
+    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
+        """Run ``config`` here; with ``parent_run_id`` its MLflow run is nested under that run."""
+        return run_local(config, parent_run_id=parent_run_id)
+
+
+def run_local(config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
     """Run ``config`` in this process (``--device`` picks CPU or GPU) and return its outcome."""
-    return execute(config)
+    if parent_run_id is None:
+        return execute(config)
+    tracker = start_tracker(config, parent_run_id=parent_run_id)
+    with tracked(tracker):
+        return execute(config, tracker=tracker, finish=False)

@@ -1,7 +1,17 @@
-"""Shared fixtures: tiny tokenizers and masked LMs built from a config (no download)."""
+"""Shared fixtures: tiny tokenizers and masked LMs built from a config (no download).
+
+The suite never writes outside temporary directories: every test runs in its own ``tmp_path`` as the
+current directory, with ``MLFLOW_TRACKING_URI`` and the kernel-bench cache there, and the session runs
+with ``HOME`` in a temporary directory. At the end the session fails if the checkout got a new file
+(ignored ones such as ``mlruns/`` included; bytecode excepted) or the real ``~/.cache/kernel-bench`` changed.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,11 +53,74 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory, roberta_tok) -> P
     return tiny.save_pretrained(tiny.roberta_mlm(roberta_tok), roberta_tok, tmp_path_factory.mktemp("tiny_roberta"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Tests never touch the network: the Hub is reported unreachable at once."""
-    import os
+@pytest.fixture(autouse=True)
+def _isolated_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test: the default MLflow store, the default cache and the current directory in its tmp_path."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.setenv("KERNEL_BENCH_CACHE", str(tmp_path / "kernel-bench-cache"))
+    monkeypatch.chdir(tmp_path)
 
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CACHE = Path.home() / ".cache" / "kernel-bench"
+_SNAPSHOT: dict[str, object] = {}
+
+
+def checkout_files() -> set[str] | None:
+    """Untracked and ignored files of the checkout (bytecode left out), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines() if "__pycache__" not in line and not line.endswith(".pyc")}
+
+
+def cache_files() -> set[tuple[str, int]]:
+    """(path, mtime) of every file under the real ~/.cache/kernel-bench."""
+    if not REAL_CACHE.is_dir():
+        return set()
+    return {(str(p), p.stat().st_mtime_ns) for p in REAL_CACHE.rglob("*") if p.is_file()}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never touch the network (the Hub is reported unreachable at once) nor the user's home."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if hasattr(config, "workerinput"):
+        return
+    _SNAPSHOT["checkout"], _SNAPSHOT["cache"] = checkout_files(), cache_files()
+    extensions = Path.home() / ".cache" / "torch_extensions"
+    if extensions.is_dir():  # DeepSpeed's CPU op compiles in ~40 s: reuse a build that exists (slow tests)
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions))
+    home = tempfile.mkdtemp(prefix="kernel-bench-test-home-")
+    _SNAPSHOT["home"], _SNAPSHOT["real_home"] = home, os.environ.get("HOME")
+    os.environ["HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the temporary HOME."""
+    home = _SNAPSHOT.pop("home", None)
+    if home:
+        real = _SNAPSHOT.get("real_home")
+        if isinstance(real, str):
+            os.environ["HOME"] = real
+        shutil.rmtree(str(home), ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if the tests wrote into the checkout or into the real kernel-bench cache."""
+    if "checkout" not in _SNAPSHOT:
+        return
+    before, after = _SNAPSHOT["checkout"], checkout_files()
+    new = sorted(after - before) if isinstance(before, set) and after is not None else []
+    changed = sorted(path for path, _ in cache_files() - _SNAPSHOT["cache"])  # type: ignore[operator]
+    if new or changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (f"the test suite wrote outside its temporary directories: new in the checkout {new[:10]}, "
+                   f"in {REAL_CACHE}: {changed[:10]}")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

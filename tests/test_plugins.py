@@ -28,6 +28,7 @@ class Majority(Method):
     name = "majority"
     summary = "predicts the most frequent training label"
     family = "baseline"
+    uses_backbone = False
 
     def run(self, ctx):
         labels = [e.label for e in ctx.splits.train]

@@ -19,6 +19,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from benchmark.resolve import resolve_run
 from benchmark.sweep import FileLock, SweepSpec, expand_cells, load_sweep_file, open_store, spec_from_cli
 from tests.test_cli_e2e import invoke
 
@@ -174,7 +175,7 @@ def test_grid_expands_into_cells_with_one_point_each(ws) -> None:
     probe = [c.config.options for c in cells if c.config.method == "linear-probe" and c.config.seed == 13]
     assert len(probe) == 8 and all("grid" not in o and set(o) == {"c_grid", "max_iter"} for o in probe)
     assert len({c.hash for c in cells}) == len(cells)
-    assert cells[0].hash == cells[0].config.config_hash()
+    assert cells[0].hash == resolve_run(cells[0].config).config_hash()
 
 
 def test_sweep_file_yaml_toml_and_cli_overrides(ws, tmp_path) -> None:

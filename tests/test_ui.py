@@ -16,8 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmark.config import RunConfig
-from benchmark.run import run_name, start_tracker
-from registry import METHODS, TASKS, load_builtins
+from benchmark.run import resolve_run, run_name, start_tracker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +42,10 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-def test_experiments_are_classic_ml_and_run_names_unique(tmp_path) -> None:
+def test_experiments_are_classic_ml_and_run_names_unique(tmp_path, tiny_bert_dir) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = RunConfig(task="mr", method="ft-adam", k=16, seed=13, tracking_uri=uri, experiment="exp")
+    base = RunConfig(task="mr", method="ft-adam", k=16, seed=13, tracking_uri=uri, experiment="exp",
+                     backbone=str(tiny_bert_dir))
     configs = [
         base,
         base.model_copy(update={"options": {"lr": 1e-4}}),
@@ -57,7 +57,7 @@ def test_experiments_are_classic_ml_and_run_names_unique(tmp_path) -> None:
     client = MlflowClient(tracking_uri=uri)
     assert client.get_experiment_by_name("exp").tags["mlflow.experimentKind"] == "custom_model_development"
     names = [client.get_run(t.run_id).info.run_name for t in trackers]
-    hashes = [c.config_hash()[:6] for c in configs]
+    hashes = [resolve_run(c).config_hash()[:6] for c in configs]
     assert names[0] == f"mr-ft-adam-k16-s13-{hashes[0]}"
     assert names[1] == f"mr-ft-adam-k16-s13-lr=0.0001-{hashes[1]}"
     assert names[2] == f"mr-ft-adam-k16-s13-lr=1e-05,0.0001-{hashes[2]}"
@@ -65,12 +65,13 @@ def test_experiments_are_classic_ml_and_run_names_unique(tmp_path) -> None:
     assert names[4] == names[0] and len(set(names[:4])) == 4
 
 
-def test_long_run_names_keep_the_hash() -> None:
-    load_builtins()
-    config = RunConfig(task="mr", method="ft-adam", options={"lr": 1e-4, "steps": 100, "warmup_ratio": 0.1,
-                                                            "weight_decay": 0.01, "batch_size": 8, "eval_every": 10})
-    name = run_name(config, TASKS.get("mr"), METHODS.get("ft-adam").from_config(config))
-    assert len(name) <= 97 and name.endswith(config.config_hash()[:6]) and name.startswith("mr-ft-adam-k16-s13-")
+def test_long_run_names_keep_the_hash(tiny_bert_dir) -> None:
+    config = RunConfig(task="mr", method="ft-adam", backbone=str(tiny_bert_dir),
+                       options={"lr": 1e-4, "steps": 100, "warmup_ratio": 0.1, "weight_decay": 0.01, "batch_size": 8,
+                                "eval_every": 10})
+    run = resolve_run(config)
+    name = run_name(run)
+    assert len(name) <= 97 and name.endswith(run.config_hash()[:6]) and name.startswith("mr-ft-adam-k16-s13-")
 
 
 def _start_ui(store: Path) -> tuple[subprocess.Popen, int]:
@@ -101,12 +102,13 @@ def _stop_and_check(bench: subprocess.Popen, port: int, sig: int) -> tuple[str, 
 
 
 @pytest.fixture(scope="module")
-def ui_store(tmp_path_factory) -> Path:
+def ui_store(tmp_path_factory, tiny_bert_dir) -> Path:
     """A store with three finished runs of two methods, made through the suite's own tracker."""
     store = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{store / 'mlflow.db'}"
     for method, seed, acc in (("zero-shot", 13, 0.6125), ("zero-shot", 21, 0.5875), ("linear-probe", 13, 0.7375)):
-        tracker = start_tracker(RunConfig(task="mr", method=method, seed=seed, tracking_uri=uri))
+        tracker = start_tracker(RunConfig(task="mr", method=method, seed=seed, tracking_uri=uri,
+                                          backbone=str(tiny_bert_dir)))
         tracker.log_metrics({"dev_acc": 0.5, "test_acc": acc, "wall_seconds": 2.5})
         tracker.finish()
     return store

@@ -14,7 +14,6 @@ from benchmark.kernels.cache import (
     CACHE_FORMAT,
     KernelCache,
     ReferenceKernels,
-    kernel_config,
     load_reference_kernels,
     reference_kernel_path,
 )
@@ -65,7 +64,6 @@ __all__ = [
     "empirical_ntks",
     "get_solver",
     "initial_logits",
-    "kernel_config",
     "load_reference_kernels",
     "normalize_formula",
     "one_standard_error",

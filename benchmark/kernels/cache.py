@@ -38,43 +38,12 @@ def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
 
 
-def kernel_config(
-    *,
-    backbone: str,
-    task: str,
-    k: int,
-    seed: int,
-    template: str | None,
-    formula: str,
-    params: Any = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The cache configuration of one kernel set: what the kernels depend on, normalized.
-
-    ``extra`` can add anything else that changes the numbers (binary logit, label words, dtype,
-    test cap, the split sizes).
-    """
-    from benchmark.kernels.ntk import normalize_formula
-    from benchmark.kernels.params import params_tag
-
-    return {
-        "backbone": backbone,
-        "task": task,
-        "k": int(k),
-        "seed": int(seed),
-        "template": template,
-        "formula": normalize_formula(formula),
-        "params": params_tag(params),
-        **extra,
-    }
-
-
 class KernelCache:
     """Kernels on disk under ``root``, keyed by a hash of a configuration mapping.
 
-    The configuration should name everything the kernel depends on, e.g. ``{"backbone": ...,
-    "task": ..., "k": 16, "seed": 13, "template": ..., "formula": "sgd", "params": "all",
-    "split": "test", "n": 872}``.
+    The configuration must name everything the kernels depend on (the kernel methods use the run's
+    content identity, the formula, the encoded inputs and label-word ids: `KernelMethod.cache_config`);
+    it is stored in full inside the file and compared on load.
     """
 
     def __init__(self, root: Path | str) -> None:
@@ -236,6 +205,12 @@ def load_reference_kernels(
             f"'{path}' holds a kernel of shape {tuple(kernel.shape)}, expected [N_train, C, N_x, C] for "
             f"formula '{formula}'"
         )
+    for name, tensor in (("kernel", kernel), ("flipped kernel", flipped)):
+        if tensor is not None and not tensor.is_floating_point():
+            raise BenchError(f"'{path}' holds a {name} of dtype {tensor.dtype}; kernels are floating point")
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise BenchError(f"'{path}': the {name} holds {bad} NaN or Inf values; recompute or re-export it")
     n_tr, c, n_x, c2 = kernel.shape
     problems = []
     if c != c2:

@@ -8,8 +8,9 @@ Passes. The ``a`` side (the training set) is cut into chunks of examples. For ea
 chunk) pass:
 
 1. *Store*: one forward and C reverse passes per batch of the chunk write every example-logit's
-   gradient into a preallocated buffer ``S`` of shape ``[C * A, columns]`` (plus its signs when a
-   sign formula is asked for), and collect the sparse entries.
+   gradient into a preallocated buffer ``S`` of shape ``[C * A, columns]``: the raw gradients
+   where a formula uses them on this side, their signs as int8 where a formula takes signs here
+   (the plan says which, `planner.Plan.representation`), and collect the sparse entries.
 2. *Stream*: every batch of the ``b`` side goes through one forward and C reverse passes; its
    per-example gradients are assembled segment by segment (a few million columns at a time) into
    a small workspace and immediately contracted with the matching columns of ``S``:
@@ -19,19 +20,22 @@ chunk) pass:
    peak. Sparse tensors are contracted by joining entries on their row id.
 
 All formulas come out of the same pass: ``sgd`` = (raw, raw), ``signgd`` = (sign, sign),
-``asym`` = (sign, raw) and its flipped kernel (raw, sign). Each segment's float32 product is
-added into float64 accumulators (segments have fewer than 2^24 columns, so sign kernels, sums
-of +-1, are exact in float32). When signs are asked for, the stored side is computed with a
+``asym`` = (sign, raw) and its flipped kernel (raw, sign). Every product sums at most 4,096
+columns in the operands' precision and adds those partial products into float64 accumulators
+(`products.accumulate`), so a float32 kernel is within ~1e-7 of the float64 product of the same
+gradients whatever the plan (a plain float32 product over millions of columns is ~1e-5 off), and
+sign kernels are exact sums of +-1. When signs are asked for, the stored side is computed with a
 float64 copy of the model, so that its signs are those of the float64 gradients rather than of
 float32 round-off (an ``asym`` entry moves by twice the other side's entry per flipped sign).
 
-Memory. The planner splits the budget between the stored side, the streaming workspace and a
-batch's activations (the kernel accumulators themselves are counted first). When the stored
-gradients of all training examples do not fit, the tensors are split into groups, one pass per
-group: a pass assembles and contracts only its group's gradients and its reverse passes stop at
-the group's lowest layer, so this costs less than re-streaming every example's full gradient per
-chunk of examples; examples are chunked as well only when one tensor's gradients for all of them
-exceed the budget. The planner also picks the segment width and splits batches that are too large.
+Memory. `planner.plan` (a pure function of sizes) splits the budget between the stored side, the
+streaming workspace and a batch's activations (the kernel accumulators themselves are counted
+first). When the stored gradients of all training examples do not fit, the tensors are split into
+groups, one pass per group: a pass assembles and contracts only its group's gradients and its
+reverse passes stop at the group's lowest layer, so this costs less than re-streaming every
+example's full gradient per chunk of examples; examples are chunked as well only when one
+tensor's gradients for all of them exceed the budget. The planner also picks the segment width
+and splits batches that are too large.
 
 Symmetry. For the ``a x a`` kernel only chunk pairs ``i <= j`` are computed; the lower blocks are
 the transposes (for ``asym``, the transpose of the flipped kernel), and the diagonal blocks come
@@ -46,28 +50,26 @@ agree on one plan (the smallest budget), so the result is the one-process result
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.kernels.params import Registration, SelectedTensor
+from benchmark.kernels.batches import Examples, accepted_keys, differentiable, dist_info, prepare
+from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
+from benchmark.kernels.params import SelectedTensor
 from benchmark.kernels.per_example import (
     Batch,
     Slot,
     SparseRows,
-    Use,
     batch_size,
     fallback_gradients,
-    modules_of,
     plan_slots,
     probe,
     record,
@@ -76,205 +78,14 @@ from benchmark.kernels.per_example import (
     sparse_join,
     write_dense,
 )
+from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan
+from benchmark.kernels.products import accumulate, gram, product
 from registry import BenchError
 
+#: Re-exported for callers of the former single module.
+__all__ = ["Combo", "Examples", "FastKernelEngine", "accepted_keys", "differentiable", "dist_info", "prepare"]
+
 logger = logging.getLogger(__name__)
-
-Combo = tuple[bool, bool]  # (sign on the a side, sign on the b side)
-#: Column segments stay below 2**24 so that float32 sums of signs are exact.
-MAX_SEGMENT = 2**22
-MIN_SEGMENT = 2**16
-MIN_WORK_BYTES = 64 * 2**20
-
-
-@dataclass
-class Segment:
-    """Contiguous columns ``start:stop`` of a group's dense layout and the slots inside."""
-
-    start: int
-    stop: int
-    slots: list[Slot]
-
-
-@dataclass
-class Group:
-    """A set of selected tensors handled in one pass."""
-
-    dense: list[Slot]
-    sparse: list[Slot]
-    cols: int = 0
-    segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def modules(self) -> list[nn.Module]:
-        """Modules to record for this group."""
-        return modules_of(self.dense + self.sparse)
-
-    @property
-    def fallback(self) -> list[Slot]:
-        """Dense slots computed by the autograd loop."""
-        return [s for s in self.dense if s.fallback]
-
-
-@dataclass
-class Stored:
-    """The stored side of a pass: examples ``start:stop`` of ``a``, rows ordered ``c * A + a``."""
-
-    start: int
-    stop: int
-    dense: torch.Tensor
-    dense_sign: torch.Tensor | None
-    sparse: dict[int, SparseRows]
-
-    @property
-    def size(self) -> int:
-        """Examples in the chunk."""
-        return self.stop - self.start
-
-    def variant(self, sign: bool) -> torch.Tensor:
-        """The stored gradients or their signs."""
-        return self.dense_sign if sign and self.dense_sign is not None else self.dense
-
-
-@dataclass
-class Twin:
-    """A float64 copy of the model and of the groups' slots, for the stored (training) side.
-
-    Signs are taken of the stored side's gradients (``asym``, ``signgd``); an entry within float32
-    round-off of zero has an arbitrary sign in float32, and in ``asym`` each such flip moves the
-    kernel by twice the other side's (not small) entry. Computing the stored side in float64 (it is
-    the small side: the training set) fixes those signs at little cost.
-    """
-
-    model: nn.Module
-    groups: dict[int, Group]
-
-    @staticmethod
-    def build(model: nn.Module, groups: list[Group]) -> Twin:
-        """Copy ``model`` in float64 and map every slot and use onto the copy."""
-        import copy
-
-        twin = copy.deepcopy(model).to(torch.float64).eval()
-        modules = {id(m): t for m, t in zip(model.modules(), twin.modules(), strict=True)}
-        originals = [p for m in model.modules() for p in m._parameters.values() if p is not None]
-        copies = [p for m in twin.modules() for p in m._parameters.values() if p is not None]
-        tensors = {id(p): q for p, q in zip(originals, copies, strict=True)}
-
-        def mapped(slot: Slot) -> Slot:
-            sel = slot.selected
-            regs = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.registrations]
-            chosen = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.selected]
-            uses = [Use(modules[id(u.module)], u.kind, u.role) for u in slot.uses]
-            copy_sel = SelectedTensor(tensors[id(sel.tensor)], regs, chosen)
-            return Slot(slot.index, copy_sel, uses, slot.sparse, slot.fallback, slot.offset)
-
-        mapped_groups = {}
-        for group in groups:
-            copy_group = Group([mapped(s) for s in group.dense], [mapped(s) for s in group.sparse], group.cols)
-            copy_group.segments = [Segment(g.start, g.stop, [mapped(s) for s in g.slots]) for g in group.segments]
-            mapped_groups[id(group)] = copy_group
-        return Twin(twin, mapped_groups)
-
-    def tensors(self) -> list[torch.Tensor]:
-        """The copy's selected tensors."""
-        return [s.tensor for g in self.groups.values() for s in g.dense + g.sparse]
-
-
-@dataclass
-class Pending:
-    """Streamed gradient rows of several batches waiting for one product with the stored side."""
-
-    work: torch.Tensor  # [capacity, columns]
-    used: int = 0
-    pieces: list[tuple[int, int, int]] = field(default_factory=list)  # (first example, size, first row)
-
-    @property
-    def capacity(self) -> int:
-        """Rows the buffer holds."""
-        return int(self.work.shape[0])
-
-
-@dataclass
-class Examples:
-    """A list of batches seen as one sequence of examples."""
-
-    batches: list[dict[str, Any]]
-    sizes: list[int]
-
-    @property
-    def total(self) -> int:
-        """Number of examples."""
-        return sum(self.sizes)
-
-    @property
-    def max_len(self) -> int:
-        """Longest sequence (for memory estimates)."""
-        lengths = [b["input_ids"].shape[-1] for b in self.batches if isinstance(b.get("input_ids"), torch.Tensor)]
-        return max(lengths, default=128)
-
-    def pieces(self, start: int, stop: int, max_batch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Sub-batches covering examples ``start:stop``: (first example index, batch)."""
-        offset = 0
-        for batch, size in zip(self.batches, self.sizes, strict=True):
-            lo, hi = max(start, offset), min(stop, offset + size)
-            for s in range(lo, hi, max_batch):
-                e = min(hi, s + max_batch)
-                yield (
-                    s,
-                    (batch if (s - offset, e - offset) == (0, size) else slice_batch(batch, s - offset, e - offset)),
-                )
-            offset += size
-
-
-def accepted_keys(model: nn.Module) -> set[str] | None:
-    """Keyword arguments ``model.forward`` accepts (None when it takes ``**kwargs``)."""
-    try:
-        signature = inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        return None
-    return set(signature.parameters)
-
-
-def prepare(batches: Sequence[Batch], device: torch.device, model: nn.Module | None = None) -> Examples:
-    """Move batches to ``device``; drop labels and keys the model's forward does not take."""
-    keys = accepted_keys(model) if model is not None else None
-    out: list[dict[str, Any]] = []
-    for batch in batches:
-        moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()
-            if k not in ("labels", "label") and (keys is None or k in keys)
-        }
-        out.append(moved)
-    return Examples(out, [batch_size(b) for b in out])
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size), (0, 1) without an initialised process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-@contextmanager
-def differentiable(model: nn.Module, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Eval mode, gradients on ``tensors`` only, autograd enabled; restored afterwards."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        for t in tensors:
-            t.requires_grad_(True)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 class FastKernelEngine:
@@ -316,6 +127,8 @@ class FastKernelEngine:
         self.rank, self.world = dist_info()
         self.num_outputs = 0
         self.work_budget = 0.0
+        self.plan: Plan | None = None
+        self._scratches: dict[str, torch.Tensor] = {}
         self.exact_signs = exact_signs
         self.twin: Twin | None = None
         self._bar: Any = None
@@ -339,64 +152,35 @@ class FastKernelEngine:
 
     # ------------------------------------------------------------------ planning
     def _plan(self, a: Examples, targets: Mapping[str, Examples | None], captured: int) -> tuple[list[Group], int, int]:
-        C = self.num_outputs
-        out_bytes = sum(
-            a.total * C * (t.total if t is not None else a.total) * C * 8 * len(self.combos) for t in targets.values()
+        """Ask the planner (`planner.plan`) and lay the groups and their column segments out."""
+        request = Request(
+            tensors=tuple(TensorSize(s.numel, s.sparse, s.width if s.sparse else 1, s.fallback) for s in self.slots),
+            n_a=a.total,
+            targets=tuple(t.total if t is not None else None for t in targets.values()),
+            batch_sizes=tuple(a.sizes + [n for t in targets.values() if t is not None for n in t.sizes]),
+            num_outputs=self.num_outputs,
+            combos=tuple(self.combos),
+            budget=self.budget,
+            itemsize=self.itemsize,
+            longest=max([a.max_len] + [t.max_len for t in targets.values() if t is not None]),
+            captured=captured,
+            overrides=self.overrides,
         )
-        avail = self.budget - out_bytes
-        if avail < MIN_WORK_BYTES:
-            logger.warning(
-                "memory budget %.0f MiB leaves %.0f MiB beside the kernels themselves; working with %.0f MiB",
-                self.budget / 2**20,
-                avail / 2**20,
-                MIN_WORK_BYTES / 2**20,
-            )
-            avail = MIN_WORK_BYTES
-        store_budget, work_budget, act_budget = 0.45 * avail, 0.20 * avail, 0.35 * avail
-        self.work_budget = work_budget
-        sign = any(x or y for x, y in self.combos)
-        factor = 2 if sign else 1
-        longest = max([a.max_len] + [t.max_len for t in targets.values() if t is not None])
-
-        # Bytes one example adds to the stored side, per slot.
-        def row_bytes(slot: Slot) -> float:
-            if slot.sparse:
-                return C * factor * (longest + C + 2) * (slot.width * self.itemsize + 16) * 2
-            return C * factor * slot.numel * self.itemsize
-
-        dense = [s for s in self.slots if not s.sparse]
-        sparse = [s for s in self.slots if s.sparse]
-        per_example = sum(row_bytes(s) for s in self.slots)
-        if "group_slots" in self.overrides:
-            size = self.overrides["group_slots"]
-            groups = []
-            for k in range(0, len(self.slots), size):
-                part = self.slots[k : k + size]
-                groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse]))
-        else:
-            groups = self._groups(dense, sparse, row_bytes, per_example, a.total, store_budget)
-        largest = max(sum(row_bytes(s) for s in g.dense + g.sparse) for g in groups)
-        chunk = max(1, min(a.total, int(store_budget // max(largest, 1.0))))
-
-        act_per_example = max(1, captured) * (3 + C)
-        max_batch = max(1, int(act_budget // act_per_example))
-        widest = max((s.numel for s in dense if not s.fallback), default=0)
-        stream_factor = 2 if sign else 1
-        if widest:
-            max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * self.itemsize))))
-        sizes = a.sizes + [n for t in targets.values() if t is not None for n in t.sizes]
-        target_batch = min(max_batch, max(sizes, default=1))
-        seg_cols = int(work_budget // (stream_factor * C * max(1, target_batch) * self.itemsize))
-        seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, seg_cols))
-        chunk = self.overrides.get("chunk", chunk)
-        max_batch = self.overrides.get("max_batch", max_batch)
-        seg_cols = self.overrides.get("segment_cols", seg_cols)
+        chosen = plan(request)
+        if chosen.note:
+            logger.warning(chosen.note)
+        self.plan = chosen
+        self.work_budget = chosen.work_budget
+        groups = []
+        for indices in chosen.groups:
+            part = [self.slots[i] for i in indices]
+            groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse]))
         for group in groups:
             offset = 0
             segment = Segment(0, 0, [])
             for slot in group.dense:
                 slot.offset = offset
-                if segment.slots and offset + slot.numel - segment.start > seg_cols:
+                if segment.slots and offset + slot.numel - segment.start > chosen.segment_cols:
                     group.segments.append(segment)
                     segment = Segment(offset, offset, [])
                 segment.slots.append(slot)
@@ -407,52 +191,16 @@ class FastKernelEngine:
             group.cols = offset
         self.stats.update(
             groups=len(groups),
-            chunk=chunk,
-            max_batch=max_batch,
-            segment_cols=seg_cols,
-            passes=len(groups) * math.ceil(a.total / chunk),
+            chunk=chosen.chunk,
+            max_batch=chosen.max_batch,
+            segment_cols=chosen.segment_cols,
+            passes=chosen.passes,
+            dense_cols=sum(g.cols for g in groups),
+            representation=chosen.representation,
             budget=self.budget,
             fallback_params=[s.name for s in self.slots if s.fallback],
         )
-        return groups, chunk, max_batch
-
-    def _groups(
-        self,
-        dense: list[Slot],
-        sparse: list[Slot],
-        row_bytes: Callable[[Slot], float],
-        per_example: float,
-        n_a: int,
-        store_budget: float,
-    ) -> list[Group]:
-        """One group if all training examples fit; else the cheaper of example chunks or tensor groups.
-
-        Example chunks: ``ceil(N_a / chunk)`` passes, each a forward, a full reverse pass and the
-        assembly of every gradient per streamed example. Tensor groups (all examples stored per
-        group, tensors in model order): one pass per group, each a forward, a reverse pass that
-        stops at the group's lowest layer and the assembly of that group's gradients only. With
-        forward : reverse : assembly costs of about 1 : 2 : 3 (measured), a pass of tensor groups
-        costs at most half a pass of example chunks, plus the assembly once.
-        """
-        if per_example * n_a <= store_budget:
-            return [Group(dense, sparse)]
-        chunk = int(store_budget // max(per_example, 1.0))
-        example_passes = math.ceil(n_a / chunk) if chunk >= 1 else math.inf
-        biggest = max(row_bytes(s) for s in self.slots)
-        rows = n_a if biggest * n_a <= store_budget else max(1, int(store_budget // max(biggest, 1.0)))
-        groups, current, used = [], Group([], []), 0.0
-        for slot in self.slots:
-            cost = row_bytes(slot) * rows
-            if (current.dense or current.sparse) and used + cost > store_budget:
-                groups.append(current)
-                current, used = Group([], []), 0.0
-            (current.sparse if slot.sparse else current.dense).append(slot)
-            used += cost
-        groups.append(current)
-        group_passes = len(groups) * math.ceil(n_a / rows)
-        if example_passes * 6 <= group_passes * 3 + 3:
-            return [Group(dense, sparse)]
-        return groups
+        return groups, chosen.chunk, chosen.max_batch
 
     # ------------------------------------------------------------------ one batch
     def _backward(
@@ -538,7 +286,12 @@ class FastKernelEngine:
         C, A = self.num_outputs, stop - start
         twin = self.twin
         model, work_group = (twin.model, twin.groups[id(group)]) if twin is not None else (self.model, group)
-        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device)
+        assert self.plan is not None
+        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device) if self.plan.store_raw else None
+        dense_sign = (
+            torch.zeros(C * A, group.cols, dtype=torch.int8, device=self.device) if self.plan.store_sign else None
+        )
+        direct = twin is None and dense_sign is None  # gradients written straight into the stored rows
         parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s.index: [] for s in group.sparse}
         fb_offsets = self._fb_offsets(group)
         for first, batch in a.pieces(start, stop, max_batch):
@@ -547,14 +300,18 @@ class FastKernelEngine:
             t = _now()
             local = first - start
             for c in range(C):
-                rows = dense[c * A + local : c * A + local + size]
-                if twin is None:
-                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, rows, 0, c)
-                else:  # float64 gradients, rounded into the stored rows
-                    exact = torch.empty(size, group.cols, dtype=torch.float64, device=self.device)
-                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
-                    rows.copy_(exact)
-                    del exact
+                at = slice(c * A + local, c * A + local + size)
+                if direct:
+                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
+                    continue
+                # computed in the model's precision (float64 with a twin), then rounded and/or signed
+                exact = self._scratch("store", size, group.cols, twin.model_dtype if twin else self.dtype)
+                self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
+                if dense is not None:
+                    dense[at].copy_(exact)
+                if dense_sign is not None:
+                    dense_sign[at].copy_(exact.sign_())
+                del exact
             for slot in work_group.sparse:
                 parts[slot.index] += self._sparse_rows(
                     slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
@@ -575,8 +332,6 @@ class FastKernelEngine:
             if entries.values.dtype != self.dtype:
                 entries = SparseRows(entries.ids, entries.rows, entries.values.to(self.dtype))
             sparse[slot.index] = entries
-        need_sign = any(x or y for x, y in self.combos)
-        dense_sign = torch.sign(dense) if need_sign and group.cols else None
         self._tick("per_example", t)
         return Stored(start, stop, dense, dense_sign, sparse)
 
@@ -617,7 +372,7 @@ class FastKernelEngine:
         for segment in group.segments if pending is None else []:
             t = _now()
             cols = segment.stop - segment.start
-            work = torch.empty(C * size, cols, dtype=self.dtype, device=self.device)
+            work = self._scratch("stream", C * size, cols, self.dtype)
             for c in range(C):
                 self._fill_dense(
                     segment.slots,
@@ -629,12 +384,14 @@ class FastKernelEngine:
                     segment.start,
                     c,
                 )
-            work_sign = torch.sign(work) if need_sign else None
+            work_sign = (
+                torch.sign(work, out=self._scratch("stream_sign", C * size, cols, self.dtype)) if need_sign else None
+            )
             t = self._tick("per_example", t)
             for x, y in combos:
                 left = stored.variant(x)[:, segment.start : segment.stop]
                 right = work_sign if y else work
-                blocks[(x, y)].add_(torch.mm(left, right.t()))  # type: ignore[arg-type]
+                accumulate(blocks[(x, y)], left, right)  # type: ignore[arg-type]
             self._tick("contract", t)
             del work, work_sign
         for slot in group.sparse:
@@ -656,14 +413,17 @@ class FastKernelEngine:
         t = _now()
         C = self.num_outputs
         work = pending.work[: pending.used]
-        work_sign = torch.sign(work) if any(y for _, y in self.combos) else None
         cols = work.shape[1]
+        need_sign = any(y for _, y in self.combos)
+        work_sign = (
+            torch.sign(work, out=self._scratch("flush_sign", pending.used, cols, self.dtype)) if need_sign else None
+        )
         t = self._tick("per_example", t)
         for x, y in self.combos:
             left = stored.variant(x)[:, :cols]
-            block = torch.mm(left, (work_sign if y else work).t()).to(torch.float64)  # type: ignore[union-attr]
+            block = product(left, work_sign if y else work)  # type: ignore[arg-type]
             for first, size, offset in pending.pieces:
-                _place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
+                place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []
         self._tick("contract", t)
 
@@ -675,7 +435,7 @@ class FastKernelEngine:
             block = torch.zeros(n, n, dtype=torch.float64, device=self.device)
             if group.cols:
                 left, right = stored.variant(x), stored.variant(y)
-                block.add_(_gram(left, right, symmetric=x == y))
+                block.add_(gram(left, right, symmetric=x == y))
             blocks[(x, y)] = block
         for slot in group.sparse:
             rows = stored.sparse[slot.index]
@@ -697,7 +457,20 @@ class FastKernelEngine:
         rows = self.overrides.get("gather_rows", rows)
         if rows < 2 * self.num_outputs * max_batch:
             return None
-        return Pending(torch.empty(rows, cols, dtype=self.dtype, device=self.device))
+        return Pending(self._scratch("pending", rows, cols, self.dtype))
+
+    def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        """A ``[rows, cols]`` work buffer kept across batches and passes (grown when too small).
+
+        Allocating (and first touching) a fresh buffer per batch costs page faults and zeroing that
+        show up in the engine's time; the contents are always overwritten before use.
+        """
+        need = rows * cols
+        buffer = self._scratches.get(name)
+        if buffer is None or buffer.numel() < need or buffer.dtype != dtype:
+            buffer = torch.empty(need, dtype=dtype, device=self.device)
+            self._scratches[name] = buffer
+        return buffer[:need].view(rows, cols)
 
     def _advance(self, n: int) -> None:
         if self._bar is not None:
@@ -729,6 +502,7 @@ class FastKernelEngine:
                 )
                 slot.fallback, slot.sparse = True, False
             self._tick("probe", t)
+            self.stats["activation_bytes"] = captured  # per example: recorded layer inputs and outputs
             groups, chunk, max_batch = self._plan(a, streams, captured)
             signs = any(x or y for x, y in self.combos)
             if self.exact_signs and signs and self.dtype != torch.float64:
@@ -777,6 +551,7 @@ class FastKernelEngine:
             finally:
                 if self._bar is not None:
                     self._bar.close()
+                self._scratches.clear()
             if self.world > 1:
                 t = _now()
                 for per_combo in kernels.values():
@@ -804,7 +579,7 @@ class FastKernelEngine:
             for first, piece in unit:
                 blocks = self._stream(group, stored, piece, self.combos, max_pairs, pending, first)
                 for combo, block in blocks.items():
-                    _place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
+                    place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
             if pending is not None:
                 self._flush(pending, stored, out, stored.start)
 
@@ -826,7 +601,7 @@ class FastKernelEngine:
         if self._mine(i):
             blocks = self._diagonal(group, stored, self.combos, max_pairs)
             for combo, block in blocks.items():
-                _place(out[combo], block, stored.start, stored.size, stored.start, stored.size, C)
+                place(out[combo], block, stored.start, stored.size, stored.start, stored.size, C)
         for j in range(i + 1, n_chunks):
             b0, b1 = j * chunk, min(a.total, (j + 1) * chunk)
             for k, (first, batch) in enumerate(a.pieces(b0, b1, max_batch)):
@@ -836,8 +611,8 @@ class FastKernelEngine:
                 blocks = self._stream(group, stored, batch, mirrored, max_pairs)
                 size = batch_size(batch)
                 for x, y in self.combos:
-                    _place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
-                    _place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
+                    place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
+                    place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
 
 
 def _now() -> tuple[float, float]:
@@ -871,31 +646,3 @@ def _split(first: int, batch: dict[str, Any], max_batch: int) -> Iterator[tuple[
         return
     for s in range(0, size, max_batch):
         yield first + s, slice_batch(batch, s, min(size, s + max_batch))
-
-
-def _place(
-    kernel: torch.Tensor, block: torch.Tensor, a0: int, na: int, b0: int, nb: int, C: int, *, transpose: bool = False
-) -> None:
-    """Add a ``[C * na, C * nb]`` block (rows ``c * na + a``) into ``kernel[N_a, C, N_b, C]``.
-
-    With ``transpose`` the block's transpose goes to ``kernel[b0:b0+nb, :, a0:a0+na, :]``.
-    """
-    view = block.view(C, na, C, nb)
-    if transpose:
-        kernel[b0 : b0 + nb, :, a0 : a0 + na, :] += view.permute(3, 2, 1, 0)
-    else:
-        kernel[a0 : a0 + na, :, b0 : b0 + nb, :] += view.permute(1, 0, 3, 2)
-
-
-def _gram(left: torch.Tensor, right: torch.Tensor, *, symmetric: bool, block: int = 512) -> torch.Tensor:
-    """``left @ right.T`` in float64; for ``left is right`` only the upper block triangle is multiplied."""
-    n = left.shape[0]
-    if not symmetric or n <= block:
-        return torch.mm(left, right.t()).to(torch.float64)
-    out = torch.zeros(n, n, dtype=torch.float64, device=left.device)
-    for i in range(0, n, block):
-        rows = left[i : i + block]
-        upper = torch.mm(rows, right[i:].t()).to(torch.float64)
-        out[i : i + block, i:] = upper
-        out[i:, i : i + block] = upper.t()
-    return out

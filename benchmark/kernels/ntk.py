@@ -205,7 +205,8 @@ def empirical_ntk(
         stats: a dict to receive timings in seconds (``probe``, ``forward``, ``backward``,
             ``per_example`` assembly, ``fallback``, ``contract``, ``gather``) and the plan
             (``passes``, ``groups``, ``chunk``, ``max_batch``, ``segment_cols``, ``budget``,
-            ``fallback_params``).
+            ``fallback_params``, ``dense_cols``, and ``representation``: how the training side
+            was stored, see `benchmark.kernels.planner.Plan`).
         validate: check the per-layer gradients against autograd on a probe batch first.
         exact_signs: for sign formulas on a float32/16 model, compute the training (``a``) side's
             gradients with a float64 copy of the model, so that their signs are not round-off.

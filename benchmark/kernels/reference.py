@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 from tqdm.auto import tqdm
 
-from benchmark.kernels.fast import Examples, differentiable, dist_info, prepare
+from benchmark.kernels.batches import Examples, differentiable, dist_info, prepare
 from benchmark.kernels.params import SelectedTensor
 
 

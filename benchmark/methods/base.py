@@ -15,7 +15,24 @@ if TYPE_CHECKING:
 
     from benchmark.config import RunConfig
     from benchmark.examples import Splits
+    from benchmark.resolve import ResolvedRun
     from benchmark.tracking import Tracker
+
+
+#: Option roles, set on a field with ``Field(..., json_schema_extra=role(...))``. Every option is
+#: part of a run's identity (its config hash) unless it is a ``MEASUREMENT``: one that adds
+#: measurements or records to a run without changing its numbers. ``SOLVER`` options of kernel
+#: methods change the run's numbers but not its kernels (they are left out of the kernel cache key).
+IDENTITY = "identity"
+MEASUREMENT = "measurement"
+SOLVER = "solver"
+
+
+def role(name: str) -> dict[str, str]:
+    """The ``json_schema_extra`` marking an option's role (`MEASUREMENT`, `SOLVER`)."""
+    if name not in (IDENTITY, MEASUREMENT, SOLVER):
+        raise ValueError(f"unknown option role '{name}'")
+    return {"role": name}
 
 
 class MethodOptions(BaseModel):
@@ -23,13 +40,27 @@ class MethodOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @classmethod
+    def field_role(cls, name: str) -> str:
+        """The role of option ``name`` (`IDENTITY` unless its field says otherwise)."""
+        extra = cls.model_fields[name].json_schema_extra
+        return extra.get("role", IDENTITY) if isinstance(extra, dict) else IDENTITY  # type: ignore[return-value]
+
+    @classmethod
+    def fields_with_role(cls, *roles: str) -> list[str]:
+        """The option names whose role is one of ``roles``."""
+        return [name for name in cls.model_fields if cls.field_role(name) in roles]
+
+    def identity(self, *, exclude_roles: tuple[str, ...] = (MEASUREMENT,)) -> dict[str, Any]:
+        """Every option (defaults included, as JSON) except those of ``exclude_roles``."""
+        return self.model_dump(mode="json", exclude=set(self.fields_with_role(*exclude_roles)))
+
 
 @dataclass
 class RunContext:
-    """What a method receives: validated config, the task, its splits, where to log, the device."""
+    """What a method receives: the resolved run, its splits, where to log, the device."""
 
-    config: RunConfig
-    task: TaskSpec
+    run: ResolvedRun
     splits: Splits
     tracker: Tracker
     device: torch.device
@@ -38,6 +69,16 @@ class RunContext:
     deepspeed_config: dict[str, Any] | None = None
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's canonical config (names folded, paths absolute)."""
+        return self.run.config
+
+    @property
+    def task(self) -> TaskSpec:
+        """The run's task spec."""
+        return self.run.task
 
 
 @dataclass
@@ -57,6 +98,10 @@ class Method:
     summary: ClassVar[str]
     family: ClassVar[Literal["baseline", "kernel", "finetune"]]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: Whether a 2-class task uses one logit-difference output when ``--binary`` is not given.
+    binary_default: ClassVar[bool] = False
+    #: Whether the method reads the backbone (then its tokenizer is loaded up front to check the prompt).
+    uses_backbone: ClassVar[bool] = True
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options
@@ -74,6 +119,16 @@ class Method:
                 f"bad option '{where}' for method '{cls.name}': {first['msg']} (options: {known})"
             ) from exc
         return cls(options)
+
+    def check(self, run: ResolvedRun) -> None:
+        """Validate what can be checked before a run exists (files, budgets); raise `BenchError`."""
+
+    def check_inputs(self, run: ResolvedRun, splits: Splits) -> None:
+        """Validate the run against its loaded splits, still before a run exists; raise `BenchError`."""
+
+    def identity_extra(self, run: ResolvedRun) -> dict[str, Any]:
+        """Content that changes this method's numbers beyond its options (e.g. a digest of input files)."""
+        return {}
 
     def run(self, ctx: RunContext) -> RunResult:
         """Run the method on ``ctx`` and return its metrics and predictions."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -10,6 +12,9 @@ from benchmark.methods.base import Method, MethodOptions, RunContext, RunResult
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import compute_features, evaluate_splits, prepare
 from registry import BenchError, register_method
+
+if TYPE_CHECKING:
+    from benchmark.resolve import ResolvedRun
 
 
 @register_method("zero-shot")
@@ -20,10 +25,13 @@ class ZeroShot(Method):
     summary = "prompt-based zero-shot: argmax of the label words' MLM logits"
     family = "baseline"
 
+    def check(self, run: ResolvedRun) -> None:
+        """Zero-shot scores label words: it needs a prompt."""
+        if not run.prompt_based:
+            raise BenchError("zero-shot needs a prompt: --template none has no label words to score")
+
     def run(self, ctx: RunContext) -> RunResult:
         """Evaluate the prompt on dev and test."""
-        if not ctx.config.prompt_based:
-            raise BenchError("zero-shot needs a prompt: --template none has no label words to score")
         prepared = prepare(ctx)
         metrics, predictions = evaluate_splits(prepared.model, prepared, ctx)
         return RunResult(metrics=metrics, predictions=predictions)

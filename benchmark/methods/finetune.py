@@ -19,13 +19,13 @@ import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
-from benchmark.methods.base import Method, RunContext, RunResult
+from benchmark.methods.base import MEASUREMENT, Method, RunContext, RunResult, role
 from benchmark.models import ClsHeadLogitModel, LogitModel, PromptLogitModel
 from benchmark.pipeline import Prepared, compute_features, prepare, use_binary
 from benchmark.training import (
@@ -42,6 +42,9 @@ from benchmark.training import (
 )
 from registry import BenchError, register_method
 
+if TYPE_CHECKING:
+    from benchmark.resolve import ResolvedRun
+
 #: Options a run's own grid cannot vary: the model (head init, LoRA adapters) is built once per run,
 #: and what is recorded is per run (a sweep's grid makes one run per value instead).
 NOT_GRIDDABLE_IN_RUN = frozenset(
@@ -56,9 +59,11 @@ class FinetuneOptions(TrainingOptions):
         default="random", description="[CLS] head init with --template none: random or the linear-probe solution"
     )
     probe_c: float = Field(default=1.0, gt=0, description="inverse L2 strength of the linear probe for init_head")
-    save_model: bool = Field(default=False, description="store the fine-tuned weights (or LoRA adapter) in MLflow")
+    save_model: bool = Field(default=False, description="store the fine-tuned weights (or LoRA adapter) in MLflow",
+                             json_schema_extra=role(MEASUREMENT))
     diagnostics: bool = Field(
-        default=False, description="kernel-regime diagnostics of the run: linearization, kernel drift, movement"
+        default=False, description="kernel-regime diagnostics of the run: linearization, kernel drift, movement",
+        json_schema_extra=role(MEASUREMENT),
     )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="hyper-parameter grid, e.g. {'lr': [1e-5, 2e-5]}; best dev acc per seed"
@@ -243,12 +248,20 @@ class Finetune(Method):
     optimizer: ClassVar[str]
     lora: ClassVar[bool] = False
 
+    def check(self, run: ResolvedRun) -> None:
+        """The linear-probe head init exists for standard ([CLS]-head) inputs only."""
+        options: FinetuneOptions = self.options  # type: ignore[assignment]
+        if options.init_head == "linear-probe" and run.prompt_based:
+            raise BenchError(
+                "init_head=linear-probe initialises the [CLS] head of --template none; drop it for prompts"
+            )
+
     def run(self, ctx: RunContext) -> RunResult:
         """Train every grid point, keep the best on dev, and report its dev and test metrics."""
         options: FinetuneOptions = self.options  # type: ignore[assignment]
         seed = ctx.config.seed
         adapt = lora_adapter(options, seed) if self.lora else None  # type: ignore[arg-type]
-        prepared = prepare(ctx, binary=use_binary(ctx, default=False), adapt_mlm=adapt)
+        prepared = prepare(ctx, binary=use_binary(ctx), adapt_mlm=adapt)
         model = prepared.model
         n_trainable = mark_trainable(model, lora=self.lora)
         if options.init_head == "linear-probe":

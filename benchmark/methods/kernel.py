@@ -11,13 +11,15 @@ formula, parameters, inputs) and reused across solver hyper-parameters and runs.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
+from benchmark.identity import file_digest
 from benchmark.kernels import (
     FORMULAS,
     KernelCache,
@@ -27,35 +29,53 @@ from benchmark.kernels import (
     select_hyperparameters,
     select_parameters,
 )
-from benchmark.kernels.cache import kernel_config, load_reference_kernels, reference_kernel_path
-from benchmark.kernels.memory import PeakMemory
-from benchmark.kernels.ntk import initial_logits
-from benchmark.kernels.params import params_predicate
-from benchmark.methods.base import Method, MethodOptions, RunContext, RunResult
+from benchmark.kernels.cache import ReferenceKernels, load_reference_kernels, reference_kernel_path
+from benchmark.kernels.memory import PeakMemory, parse_bytes
+from benchmark.kernels.ntk import initial_logits, normalize_formula
+from benchmark.kernels.params import params_predicate, params_tag
+from benchmark.methods.base import MEASUREMENT, SOLVER, Method, MethodOptions, RunContext, RunResult, role
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import Prepared, prepare, to_device, use_binary
 from registry import BenchError, register_method
+
+if TYPE_CHECKING:
+    from benchmark.examples import Splits
+    from benchmark.resolve import ResolvedRun
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 
 
 class KernelOptions(MethodOptions):
-    """Options shared by the kernel methods (``--opt key=value``)."""
+    """Options shared by the kernel methods (``--opt key=value``).
 
-    solver: str | None = Field(default=None, description="lstsq | logistic | svr | svc | asym (default: by formula)")
+    Roles: ``solver`` options change the run's numbers but not its kernels (they stay out of the
+    kernel cache key); ``measurement`` options change neither (``memory_budget`` only changes how
+    the kernels are computed; ``load_kernels`` counts through the files' contents, not their path).
+    """
+
+    solver: str | None = Field(default=None, description="lstsq | logistic | svr | svc | asym (default: by formula)",
+                               json_schema_extra=role(SOLVER))
     params: str | list[str] = Field(
         default="all", description="parameters in the kernel: all, no-embeddings, no-head, biases, lora, lora+head"
     )
     strategy: Literal["fast", "reference"] = "fast"
-    memory_budget: str | None = Field(default=None, description="peak extra memory, e.g. '4GiB' (default: auto)")
-    f0: bool = Field(default=True, description="also try the initial-logit correction (f0 scaling) on dev")
-    grid: list[dict[str, Any]] | None = Field(default=None, description="solver hyper-parameter grid (None: built-in)")
+    memory_budget: str | None = Field(default=None, description="peak extra memory, e.g. '4GiB' (default: auto)",
+                                      json_schema_extra=role(MEASUREMENT))
+    f0: bool = Field(default=True, description="also try the initial-logit correction (f0 scaling) on dev",
+                     json_schema_extra=role(SOLVER))
+    grid: list[dict[str, Any]] | None = Field(default=None, description="solver hyper-parameter grid (None: built-in)",
+                                              json_schema_extra=role(SOLVER))
     selection: Literal["one-se", "best"] = Field(
         default="one-se",
         description="dev selection over the grid: first setting within one standard error of the best, or the best",
+        json_schema_extra=role(SOLVER),
     )
-    save_kernels: bool = Field(default=False, description="log the kernels as an MLflow artifact")
-    load_kernels: Path | None = Field(default=None, description="folder of reference {split}_kernels_<task>.pt files")
+    save_kernels: bool = Field(default=False, description="log the kernels as an MLflow artifact",
+                               json_schema_extra=role(MEASUREMENT))
+    load_kernels: Path | None = Field(default=None, description="folder of reference {split}_kernels_<task>.pt files",
+                                      json_schema_extra=role(MEASUREMENT))
     kernel_batch_size: int = Field(default=16, ge=1, description="examples per forward/backward pass")
     init_head: Literal["linear-probe", "random"] = Field(
         default="linear-probe", description="[CLS] head init for --template none (the reference uses the probe)"
@@ -97,11 +117,68 @@ class KernelMethod(Method):
     lora: ClassVar[bool] = False
     Options = KernelOptions
 
+    binary_default = True  # one logit-difference output on 2-class tasks, as the reference does
+
     def __init__(self, options: MethodOptions) -> None:
         super().__init__(options)
-        # Unknown solvers and parameter presets fail before any kernel is computed.
+        # Unknown solvers, parameter presets and budgets fail before any kernel is computed.
         get_solver(self.solver_name)
         params_predicate(options.params)  # type: ignore[attr-defined]
+        if options.memory_budget is not None:  # type: ignore[attr-defined]
+            parse_bytes(options.memory_budget)  # type: ignore[attr-defined]
+
+    def reference_files(self, run: ResolvedRun) -> dict[str, Path]:
+        """The ``--load-kernels`` file of each split (`BenchError` when one is missing)."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        assert options.load_kernels is not None
+        directory = Path(options.load_kernels)
+        if not directory.is_dir():
+            raise BenchError(f"--load-kernels directory '{directory}' does not exist")
+        names = dict.fromkeys([run.task.local.dir if run.task.local else run.task.name, run.task.name])
+        files = {}
+        for split in SPLITS:
+            path = next((reference_kernel_path(directory, split, t) for t in names
+                         if reference_kernel_path(directory, split, t).is_file()), None)
+            if path is None:
+                raise BenchError(f"no reference kernel file for split '{split}' of task '{run.task.name}' in "
+                                 f"{directory} (expected {split}_kernels_<task>.pt)")
+            files[split] = path
+        return files
+
+    def check(self, run: ResolvedRun) -> None:
+        """``--load-kernels``: every file is there, readable, of the right layout and finite."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        if options.load_kernels is not None:
+            for path in self.reference_files(run).values():
+                load_reference_kernels(path, formula=self.formula)
+
+    def read_reference(self, run: ResolvedRun, splits: Splits) -> dict[str, ReferenceKernels]:
+        """The ``--load-kernels`` files of each split, checked against this run's split sizes and labels."""
+        n_train = len(splits.train)
+        outputs = 1 if run.binary else run.task.num_labels
+        kernels = {}
+        for split, path in self.reference_files(run).items():
+            examples = getattr(splits, split)
+            ref = load_reference_kernels(path, formula=self.formula, n_train=n_train, n_examples=len(examples),
+                                         num_outputs=outputs)
+            if ref.labels.tolist() != [example.label for example in examples]:
+                raise BenchError(f"the labels in {path} do not match this run's {split} split: the kernel was "
+                                 "computed for another task, k or seed")
+            kernels[split] = ref
+        return kernels
+
+    def check_inputs(self, run: ResolvedRun, splits: Splits) -> None:
+        """``--load-kernels``: each file's sizes and labels fit this run's splits (before the run exists)."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        if options.load_kernels is not None:
+            self.read_reference(run, splits)
+
+    def identity_extra(self, run: ResolvedRun) -> dict[str, Any]:
+        """Loaded kernels count by their files' contents."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        if options.load_kernels is None:
+            return {}
+        return {"loaded_kernels": {split: file_digest(path) for split, path in self.reference_files(run).items()}}
 
     @property
     def solver_name(self) -> str:
@@ -117,7 +194,7 @@ class KernelMethod(Method):
             from benchmark.methods.finetune import lora_adapter
 
             adapt = lora_adapter(options, seed=ctx.config.seed)  # type: ignore[arg-type]
-        prepared = prepare(ctx, binary=use_binary(ctx, default=True), adapt_mlm=adapt)
+        prepared = prepare(ctx, binary=use_binary(ctx), adapt_mlm=adapt)
         if not prepared.encoder.prompt_based and options.init_head == "linear-probe":
             from benchmark.methods.finetune import init_head_from_probe
 
@@ -125,20 +202,23 @@ class KernelMethod(Method):
         return prepared
 
     def cache_config(self, ctx: RunContext, prepared: Prepared, formula: str) -> dict[str, Any]:
-        """Everything the kernels of ``formula`` depend on."""
+        """Everything the kernels of ``formula`` depend on: the run's identity without what only the
+        solver or the measurements use (so sibling kernel methods share it), the encoded inputs, the
+        label-word ids the logit model reads, the model's dtype."""
         options: KernelOptions = self.options  # type: ignore[assignment]
-        extra: dict[str, Any] = {
-            "binary": prepared.num_outputs == 1,
+        identity = ctx.run.identity()
+        for name in ("method", "method_extra", "batch_size"):
+            identity.pop(name)
+        identity["options"] = options.identity(exclude_roles=(MEASUREMENT, SOLVER))
+        return {
+            "run": identity,
+            "formula": normalize_formula(formula),
+            "params": params_tag(options.params),
             "inputs": _inputs_digest(prepared),
+            "label_word_ids": list(prepared.encoder.label_word_ids),
+            "num_outputs": prepared.num_outputs,
             "dtype": str(next(prepared.model.parameters()).dtype),
-            "init_head": None if prepared.encoder.prompt_based else options.init_head,
         }
-        if isinstance(options, LoraKernelOptions):
-            extra["lora"] = [options.lora_r, options.lora_alpha, sorted(options.lora_targets)]
-        return kernel_config(
-            backbone=ctx.config.backbone, task=ctx.task.name, k=ctx.config.k, seed=ctx.config.seed,
-            template=ctx.config.template, formula=formula, params=options.params, **extra,
-        )
 
     def compute_kernels(self, ctx: RunContext, prepared: Prepared) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Kernels (train x train, train x dev, train x test, flips for asym) and initial logits, cached.
@@ -189,26 +269,19 @@ class KernelMethod(Method):
                     tensors[f"{name}_kernel"], tensors[f"{name}_flipped"] = value.kernel, value.flipped
                 else:
                     tensors[f"{name}_kernel"] = value
-            cache.save(configs[formula], tensors)
+            try:
+                cache.save(configs[formula], tensors)
+            except OSError as exc:  # the kernels are computed: a cache that cannot be written must not lose them
+                logger.warning("could not write the kernel cache in %s (%s); the run goes on without it",
+                               cache.root, exc)
+                facts.pop("kernel_cache_file", None)
             per_formula[formula] = tensors
         return per_formula[self.formula], facts
 
-    def load_reference(self, ctx: RunContext, prepared: Prepared, directory: Path) -> dict[str, torch.Tensor]:
-        """The reference's pre-computed kernels, validated against this run's splits."""
+    def load_reference(self, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """The reference's pre-computed kernels of this run, as the tensors the solver takes."""
         tensors: dict[str, torch.Tensor] = {}
-        n_train = len(prepared.encoded["train"])
-        names = {ctx.task.local.dir if ctx.task.local else ctx.task.name, ctx.task.name}
-        for split in SPLITS:
-            path = next((reference_kernel_path(directory, split, t) for t in names
-                         if reference_kernel_path(directory, split, t).is_file()), None)
-            if path is None:
-                raise BenchError(f"no reference kernel file for split '{split}' of task '{ctx.task.name}' in "
-                                 f"{directory} (expected {split}_kernels_<task>.pt)")
-            ref = load_reference_kernels(path, formula=self.formula, n_train=n_train,
-                                         n_examples=len(prepared.encoded[split]), num_outputs=prepared.num_outputs)
-            if not torch.equal(ref.labels, prepared.encoded[split].labels):
-                raise BenchError(f"the labels in {path} do not match this run's {split} split: the kernel was "
-                                 "computed for another task, k or seed")
+        for split, ref in self.read_reference(ctx.run, ctx.splits).items():
             tensors[f"{split}_kernel"] = ref.kernel
             if ref.flipped is not None:
                 tensors[f"{split}_flipped"] = ref.flipped
@@ -219,7 +292,7 @@ class KernelMethod(Method):
         options: KernelOptions = self.options  # type: ignore[assignment]
         prepared = self.prepare_model(ctx)
         if options.load_kernels is not None:
-            tensors, facts = self.load_reference(ctx, prepared, options.load_kernels), {"kernel_source": "reference"}
+            tensors, facts = self.load_reference(ctx), {"kernel_source": "reference"}
         else:
             tensors, facts = self.compute_kernels(ctx, prepared)
         use_f0 = options.f0 and "train_logits" in tensors

@@ -1,0 +1,138 @@
+"""What the fast strategy's passes work on: tensor groups and their column segments, the stored
+side of a pass, the float64 twin of the model, the buffer gathering streamed rows, and where a
+block goes in the kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from benchmark.kernels.params import Registration, SelectedTensor
+from benchmark.kernels.per_example import Slot, SparseRows, Use, modules_of
+
+
+@dataclass
+class Segment:
+    """Contiguous columns ``start:stop`` of a group's dense layout and the slots inside."""
+
+    start: int
+    stop: int
+    slots: list[Slot]
+
+
+@dataclass
+class Group:
+    """A set of selected tensors handled in one pass."""
+
+    dense: list[Slot]
+    sparse: list[Slot]
+    cols: int = 0
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """Modules to record for this group."""
+        return modules_of(self.dense + self.sparse)
+
+    @property
+    def fallback(self) -> list[Slot]:
+        """Dense slots computed by the autograd loop."""
+        return [s for s in self.dense if s.fallback]
+
+
+@dataclass
+class Stored:
+    """The stored side of a pass: examples ``start:stop`` of ``a``, rows ordered ``c * A + a``."""
+
+    start: int
+    stop: int
+    dense: torch.Tensor | None  # raw gradients, when a formula uses them on this side
+    dense_sign: torch.Tensor | None  # int8 signs, when a formula takes signs on this side
+    sparse: dict[int, SparseRows]
+
+    @property
+    def size(self) -> int:
+        """Examples in the chunk."""
+        return self.stop - self.start
+
+    def variant(self, sign: bool) -> torch.Tensor:
+        """The stored gradients or their signs (as the plan stored them)."""
+        chosen = self.dense_sign if sign else self.dense
+        if chosen is None:
+            raise RuntimeError(f"the plan did not store the {'signs' if sign else 'raw gradients'}")
+        return chosen
+
+
+@dataclass
+class Twin:
+    """A float64 copy of the model and of the groups' slots, for the stored (training) side.
+
+    Signs are taken of the stored side's gradients (``asym``, ``signgd``); an entry within float32
+    round-off of zero has an arbitrary sign in float32, and in ``asym`` each such flip moves the
+    kernel by twice the other side's (not small) entry. Computing the stored side in float64 (it is
+    the small side: the training set) fixes those signs at little cost.
+    """
+
+    model: nn.Module
+    groups: dict[int, Group]
+    model_dtype: torch.dtype = torch.float64
+
+    @staticmethod
+    def build(model: nn.Module, groups: list[Group]) -> Twin:
+        """Copy ``model`` in float64 and map every slot and use onto the copy."""
+        import copy
+
+        twin = copy.deepcopy(model).to(torch.float64).eval()
+        modules = {id(m): t for m, t in zip(model.modules(), twin.modules(), strict=True)}
+        originals = [p for m in model.modules() for p in m._parameters.values() if p is not None]
+        copies = [p for m in twin.modules() for p in m._parameters.values() if p is not None]
+        tensors = {id(p): q for p, q in zip(originals, copies, strict=True)}
+
+        def mapped(slot: Slot) -> Slot:
+            sel = slot.selected
+            regs = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.registrations]
+            chosen = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.selected]
+            uses = [Use(modules[id(u.module)], u.kind, u.role) for u in slot.uses]
+            copy_sel = SelectedTensor(tensors[id(sel.tensor)], regs, chosen)
+            return Slot(slot.index, copy_sel, uses, slot.sparse, slot.fallback, slot.offset)
+
+        mapped_groups = {}
+        for group in groups:
+            copy_group = Group([mapped(s) for s in group.dense], [mapped(s) for s in group.sparse], group.cols)
+            copy_group.segments = [Segment(g.start, g.stop, [mapped(s) for s in g.slots]) for g in group.segments]
+            mapped_groups[id(group)] = copy_group
+        return Twin(twin, mapped_groups)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The copy's selected tensors."""
+        return [s.tensor for g in self.groups.values() for s in g.dense + g.sparse]
+
+
+@dataclass
+class Pending:
+    """Streamed gradient rows of several batches waiting for one product with the stored side."""
+
+    work: torch.Tensor  # [capacity, columns]
+    used: int = 0
+    pieces: list[tuple[int, int, int]] = field(default_factory=list)  # (first example, size, first row)
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffer holds."""
+        return int(self.work.shape[0])
+
+
+def place(
+    kernel: torch.Tensor, block: torch.Tensor, a0: int, na: int, b0: int, nb: int, C: int, *, transpose: bool = False
+) -> None:
+    """Add a ``[C * na, C * nb]`` block (rows ``c * na + a``) into ``kernel[N_a, C, N_b, C]``.
+
+    With ``transpose`` the block's transpose goes to ``kernel[b0:b0+nb, :, a0:a0+na, :]``.
+    """
+    view = block.view(C, na, C, nb)
+    if transpose:
+        kernel[b0 : b0 + nb, :, a0 : a0 + na, :] += view.permute(3, 2, 1, 0)
+    else:
+        kernel[a0 : a0 + na, :, b0 : b0 + nb, :] += view.permute(1, 0, 3, 2)

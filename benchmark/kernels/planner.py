@@ -1,0 +1,190 @@
+"""The memory planner of the fast eNTK strategy: a pure function from sizes to a `Plan`.
+
+`plan` sees only numbers (tensor sizes, example counts, the budget, bytes per entry), never a
+model, and changes none of its inputs; the engine carries the plan out. It decides:
+
+* the **storage of the training (stored) side**: the raw gradients where a formula needs them
+  (``sgd``, the ``b``-sign half of ``asym``) and the signs, as one byte per entry (``int8``), where
+  a formula takes signs on that side (``signgd``, ``asym``). A sign formula alone stores only the
+  signs, a quarter of the raw gradients, so it needs no more passes than ``sgd``;
+* how the budget is shared: the kernels themselves first, then 45% for the stored side, 20% for
+  the streaming workspace, 35% for a batch's activations;
+* the **passes**: one if every training example's gradients fit; else the cheaper of chunks of
+  training examples (each chunk re-streams the ``b`` side) or groups of tensors (one pass per
+  group, all training examples stored per group; each pass's reverse stops at the group's lowest
+  layer and assembles only the group's gradients);
+* the largest batch and the column segment width of the streamed side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+Combo = tuple[bool, bool]  # (sign on the a side, sign on the b side)
+
+MIN_SEGMENT = 2**16
+#: Widest column segment (bounded so one segment's workspace stays a modest allocation).
+MAX_SEGMENT = 2**24
+MIN_WORK_BYTES = 64 * 2**20
+SIGN_BYTES = 1  # int8 signs
+#: Relative costs of forward : reverse : assembly per example (measured on BERT/RoBERTa shapes).
+COST_FORWARD, COST_REVERSE, COST_ASSEMBLY = 1.0, 2.0, 3.0
+
+
+@dataclass(frozen=True)
+class TensorSize:
+    """What the planner knows of one selected tensor."""
+
+    numel: int
+    sparse: bool = False
+    width: int = 1  # entries per row of a row-sparse tensor
+    fallback: bool = False  # computed by the per-example autograd loop
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything the plan depends on."""
+
+    tensors: tuple[TensorSize, ...]
+    n_a: int
+    targets: tuple[int | None, ...]  # examples of each b side; None for a x a
+    batch_sizes: tuple[int, ...]  # sizes of all given batches (both sides)
+    num_outputs: int
+    combos: tuple[Combo, ...]
+    budget: int
+    itemsize: int = 4
+    longest: int = 128  # longest sequence
+    captured: int = 1  # recorded activation bytes per example
+    overrides: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the engine does: tensor groups (indices into ``Request.tensors``), one pass per group and chunk."""
+
+    groups: tuple[tuple[int, ...], ...]
+    chunk: int
+    max_batch: int
+    segment_cols: int
+    store_raw: bool
+    store_sign: bool
+    store_budget: float
+    work_budget: float
+    act_budget: float
+    passes: int
+    kernel_bytes: int
+    note: str = ""
+
+    @property
+    def representation(self) -> str:
+        """How the stored side is kept, in words."""
+        kinds = (["float gradients"] if self.store_raw else []) + (["int8 signs"] if self.store_sign else [])
+        return "per-example " + " + ".join(kinds)
+
+
+def stored_needs(combos: tuple[Combo, ...], symmetric: bool) -> tuple[bool, bool]:
+    """(raw, sign) needed on the stored side; an ``a x a`` target also uses it as the other side."""
+    sides = {x for x, _ in combos} | ({y for _, y in combos} if symmetric else set())
+    return False in sides, True in sides
+
+
+def entry_bytes(store_raw: bool, store_sign: bool, itemsize: int) -> int:
+    """Bytes the stored side keeps per dense gradient entry."""
+    return (itemsize if store_raw else 0) + (SIGN_BYTES if store_sign else 0)
+
+
+def plan(request: Request) -> Plan:
+    """The plan for ``request`` (pure: no model, no side effects)."""
+    r = request
+    if r.n_a < 1 or not r.tensors:
+        raise ValueError("a plan needs at least one training example and one tensor")
+    C = r.num_outputs
+    kernel_bytes = sum(r.n_a * C * (t if t is not None else r.n_a) * C * 8 * len(r.combos) for t in r.targets)
+    avail = r.budget - kernel_bytes
+    note = ""
+    if avail < MIN_WORK_BYTES:
+        note = (
+            f"budget {r.budget / 2**20:.0f} MiB leaves {avail / 2**20:.0f} MiB beside the kernels; "
+            f"working with {MIN_WORK_BYTES / 2**20:.0f} MiB"
+        )
+        avail = MIN_WORK_BYTES
+    store_budget, work_budget, act_budget = 0.45 * avail, 0.20 * avail, 0.35 * avail
+    store_raw, store_sign = stored_needs(r.combos, any(t is None for t in r.targets))
+    per_entry = entry_bytes(store_raw, store_sign, r.itemsize)
+    sparse_factor = int(store_raw) + int(store_sign)
+
+    def row_bytes(t: TensorSize) -> float:
+        """Bytes one training example adds to the stored side for this tensor."""
+        if t.sparse:
+            return C * sparse_factor * (r.longest + C + 2) * (t.width * r.itemsize + 16) * 2
+        return C * per_entry * t.numel
+
+    if "group_slots" in r.overrides:
+        size = r.overrides["group_slots"]
+        groups = [tuple(range(k, min(len(r.tensors), k + size))) for k in range(0, len(r.tensors), size)]
+    else:
+        groups = _groups(r.tensors, row_bytes, r.n_a, store_budget)
+    largest = max(sum(row_bytes(r.tensors[i]) for i in g) for g in groups)
+    chunk = max(1, min(r.n_a, int(store_budget // max(largest, 1.0))))
+
+    # the streamed side holds raw gradients and, when a formula takes its signs, their float signs
+    stream_factor = 2 if any(y for _, y in r.combos) else 1
+    max_batch = max(1, int(act_budget // (max(1, r.captured) * (3 + C))))
+    widest = max((t.numel for t in r.tensors if not t.sparse and not t.fallback), default=0)
+    if widest:
+        max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * r.itemsize))))
+    target_batch = min(max_batch, max(r.batch_sizes, default=1))
+    seg_cols = int(work_budget // (stream_factor * C * max(1, target_batch) * r.itemsize))
+    seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, seg_cols))
+    chunk = r.overrides.get("chunk", chunk)
+    max_batch = r.overrides.get("max_batch", max_batch)
+    seg_cols = r.overrides.get("segment_cols", seg_cols)
+    return Plan(
+        groups=tuple(groups),
+        chunk=chunk,
+        max_batch=max_batch,
+        segment_cols=seg_cols,
+        store_raw=store_raw,
+        store_sign=store_sign,
+        store_budget=store_budget,
+        work_budget=work_budget,
+        act_budget=act_budget,
+        passes=len(groups) * math.ceil(r.n_a / chunk),
+        kernel_bytes=kernel_bytes,
+        note=note,
+    )
+
+
+def _groups(tensors: tuple[TensorSize, ...], row_bytes, n_a: int, store_budget: float) -> list[tuple[int, ...]]:  # type: ignore[no-untyped-def]
+    """One group if all training examples fit; else the cheaper of example chunks or tensor groups.
+
+    Example chunks: ``ceil(N_a / chunk)`` passes, each a forward, a full reverse and the assembly of
+    every gradient per streamed example. Tensor groups (tensors in model order, all examples
+    stored per group): one pass per group, each a forward and a reverse pass, and the assembly of
+    each gradient once in all.
+    """
+    everything = tuple(range(len(tensors)))
+    per_example = sum(row_bytes(t) for t in tensors)
+    if per_example * n_a <= store_budget:
+        return [everything]
+    chunk = int(store_budget // max(per_example, 1.0))
+    example_passes = math.ceil(n_a / chunk) if chunk >= 1 else math.inf
+    biggest = max(row_bytes(t) for t in tensors)
+    rows = n_a if biggest * n_a <= store_budget else max(1, int(store_budget // max(biggest, 1.0)))
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    used = 0.0
+    for i, t in enumerate(tensors):
+        cost = row_bytes(t) * rows
+        if current and used + cost > store_budget:
+            groups.append(tuple(current))
+            current, used = [], 0.0
+        current.append(i)
+        used += cost
+    groups.append(tuple(current))
+    group_passes = len(groups) * math.ceil(n_a / rows)
+    by_examples = example_passes * (COST_FORWARD + COST_REVERSE + COST_ASSEMBLY)
+    by_groups = group_passes * (COST_FORWARD + COST_REVERSE) + COST_ASSEMBLY
+    return [everything] if by_examples <= by_groups else groups

@@ -1,0 +1,134 @@
+"""A float32 kernel is within 1e-6 relative of the float64 kernel, whatever the size, budget and plan.
+
+The model is wide enough (~0.5M dense gradient columns) for a float32 matrix product over the
+full rows to be ~2e-5 off; the engine's products accumulate in float64 (`products.accumulate`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from benchmark.kernels import empirical_ntks, select_parameters
+from benchmark.kernels.fast import FastKernelEngine
+from benchmark.kernels.products import accumulate, gram, product
+from benchmark.models import PromptLogitModel
+from tests.test_kernels import assert_sign_close, explicit_gradients, make_batches
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB = 2000
+SGD = (False, False)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[PromptLogitModel, PromptLogitModel]:
+    """(float32, float64) copies of one random 1-layer, 128-wide RoBERTa masked LM (484K parameters)."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=80,
+        type_vocab_size=1,
+        pad_token_id=1,
+        attn_implementation="eager",
+    )
+    mlm = RobertaForMaskedLM(config).eval()
+    return PromptLogitModel(mlm, [10, 11]).eval(), PromptLogitModel(copy.deepcopy(mlm).double(), [10, 11]).eval()
+
+
+def _sides(n_a: int, n_b: int, seed: int) -> tuple[list[dict], list[dict]]:
+    a = make_batches(VOCAB, 1, 4, [n_a - n_a // 2, n_a // 2] if n_a > 1 else [1], 32, seed, 0)
+    b = make_batches(VOCAB, 1, 4, [n_b - n_b // 3, n_b // 3] if n_b > 2 else [n_b], 30, seed + 1, 0)
+    return a, b
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize(("n_a", "n_b"), [(1, 2), (4, 6), (9, 5)])
+def test_float32_kernel_within_1e6_of_float64_for_every_plan(models, n_a, n_b) -> None:
+    m32, m64 = models
+    a, b = _sides(n_a, n_b, seed=n_a)
+    targets = {"ab": b, "aa": None}
+    exact = empirical_ntks(m64, a, targets, formulas=["sgd"], progress=False)
+    plans = [
+        {},  # one pass, one segment, rows gathered across batches
+        {"segment_cols": 2**16},  # several segments per pass
+        {"segment_cols": 2**19, "no_gather": 1},  # one segment, one product per batch
+        {"group_slots": 3},  # one pass per group of three tensors
+        {"chunk": 1, "max_batch": 1},  # one pass per training example
+        {"chunk": 2, "group_slots": 5, "gather_rows": 4},
+    ]
+    passes = set()
+    for overrides in plans:
+        stats: dict = {}
+        engine = FastKernelEngine(
+            m32, select_parameters(m32), [SGD], memory_budget=2**30, overrides=overrides, stats=stats
+        )
+        got = engine.run(a, targets)
+        passes.add(stats["passes"])
+        for name in targets:
+            err = _relative(got[name][SGD], exact[name]["sgd"])
+            assert err <= 1e-6, f"{overrides} {name}: relative error {err:.2e}"
+    assert len(passes) >= 3  # the plans really differ
+    for budget in ("64MiB", "1GiB"):  # budgets through the public entry point
+        stats = {}
+        got = empirical_ntks(m32, a, targets, formulas=["sgd"], memory_budget=budget, progress=False, stats=stats)
+        for name in targets:
+            assert _relative(got[name]["sgd"], exact[name]["sgd"]) <= 1e-6, (budget, name)
+
+
+def test_asym_float32_within_1e6_of_float64_with_exact_signs(models) -> None:
+    """The training side's signs come from a float64 copy, so only the raw side's round-off remains."""
+    m32, m64 = models
+    a, b = _sides(4, 5, seed=11)
+    exact = empirical_ntks(m64, a, {"ab": b}, formulas=["asym"], progress=False)["ab"]["asym"]
+    got = empirical_ntks(m32, a, {"ab": b}, formulas=["asym"], progress=False)["ab"]["asym"]
+    assert _relative(got.kernel, exact.kernel) <= 1e-6
+
+
+def test_blocked_products_match_float64_and_keep_sign_sums_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    # terms that cancel: a shared large component plus small differences, 2^20 columns
+    base = torch.randn(1, 2**20, generator=g, dtype=torch.float64)
+    left64 = base + 0.05 * torch.randn(3, 2**20, generator=g, dtype=torch.float64)
+    right64 = torch.cat([-base, base]) + 0.05 * torch.randn(2, 2**20, generator=g, dtype=torch.float64)
+    left, right = left64.float(), right64.float()
+    expected = left.double() @ right.double().t()  # the same float32 numbers, float64 sums
+    plain = (left @ right.t()).double()
+    blocked = product(left, right)
+    assert blocked.dtype == torch.float64
+    assert _relative(blocked, expected) < 1e-7 < _relative(plain, expected)
+    out = torch.ones(3, 2, dtype=torch.float64)
+    assert torch.equal(accumulate(out, left64, right64), 1 + left64 @ right64.t())
+    signs = torch.sign(left)
+    assert torch.equal(gram(signs, signs, symmetric=True, rows=2), signs.double() @ signs.double().t())
+    with pytest.raises(ValueError, match="column counts differ"):
+        accumulate(out, left, right[:, 1:])
+
+
+def test_sign_only_formula_stores_int8_signs_only(models) -> None:
+    """``signgd`` alone keeps one byte per stored entry and gives the kernel of explicit gradients."""
+    _, m64 = models
+    a, b = _sides(3, 4, seed=21)
+    stats: dict = {}
+    alone = empirical_ntks(m64, a, {"ab": b, "aa": None}, formulas=["signgd"], progress=False, stats=stats)
+    assert stats["representation"] == "per-example int8 signs"
+    both_stats: dict = {}
+    both = empirical_ntks(m64, a, {"ab": b}, formulas=["sgd", "signgd"], progress=False, stats=both_stats)
+    assert both_stats["representation"] == "per-example float gradients + int8 signs"
+    assert torch.equal(alone["ab"]["signgd"], both["ab"]["signgd"])
+    everything = lambda name: True  # noqa: E731
+    ga, gb = explicit_gradients(m64, a, everything), explicit_gradients(m64, b, everything)
+    for name, other in (("ab", gb), ("aa", ga)):
+        expected = torch.einsum("ncp,mdp->ncmd", ga.sign(), other.sign())
+        assert_sign_close(alone[name]["signgd"], expected, ga, other)

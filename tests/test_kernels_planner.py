@@ -1,0 +1,120 @@
+"""The memory planner alone: a pure function of sizes (no model)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from benchmark.kernels.planner import MIN_WORK_BYTES, Request, TensorSize, plan
+
+SGD, SIGNGD = ((False, False),), ((True, True),)
+ASYM = ((True, False), (False, True))
+MiB = 2**20
+
+
+def _request(combos=SGD, budget=1024 * MiB, n_a=8, targets=(16,), tensors=None, **extra) -> Request:
+    tensors = tensors or tuple(TensorSize(1_000_000) for _ in range(6))
+    return Request(
+        tensors=tensors,
+        n_a=n_a,
+        targets=targets,
+        batch_sizes=(4, 4, 8, 8),
+        num_outputs=2,
+        combos=combos,
+        budget=budget,
+        captured=100_000,
+        **extra,
+    )
+
+
+def _store_budget(request: Request) -> float:
+    kernels = sum(
+        request.n_a * 2 * (t if t is not None else request.n_a) * 2 * 8 * len(request.combos) for t in request.targets
+    )
+    return 0.45 * max(request.budget - kernels, MIN_WORK_BYTES)
+
+
+def test_everything_fits_in_one_pass_and_the_request_is_untouched() -> None:
+    request = _request()
+    before = copy.deepcopy(request)
+    chosen = plan(request)
+    assert request == before
+    assert chosen.groups == (tuple(range(6)),) and chosen.chunk == 8 and chosen.passes == 1
+    assert (chosen.store_raw, chosen.store_sign) == (True, False)
+    assert chosen.representation == "per-example float gradients"
+    assert chosen.kernel_bytes == 8 * 2 * 16 * 2 * 8
+    assert chosen.store_budget == pytest.approx(_store_budget(request))
+    assert plan(request) == chosen  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("combos", "targets", "raw", "sign", "per_entry"),
+    [
+        (SGD, (16,), True, False, 4),
+        (SIGNGD, (16,), False, True, 1),
+        (ASYM, (16,), True, True, 5),
+        (((True, False),), (16,), False, True, 1),  # sign on the stored side only
+        (((True, False),), (None,), True, True, 5),  # a x a: the stored side is also the other side
+        (((False, True),), (16,), True, False, 4),
+    ],
+)
+def test_stored_representation_follows_the_formulas(combos, targets, raw, sign, per_entry) -> None:
+    # a budget that holds 3 training examples' raw gradients (2 logits x 6M entries x 4 bytes each)
+    budget = int(3 * 2 * 6_000_000 * 4 / 0.45) + 8 * 2 * 16 * 2 * 8 * len(combos) + 2**20
+    request = _request(combos, budget=budget, targets=targets, overrides={"group_slots": 6})
+    chosen = plan(request)
+    assert (chosen.store_raw, chosen.store_sign) == (raw, sign)
+    expected_chunk = min(8, int(_store_budget(request) // (2 * 6_000_000 * per_entry)))
+    assert chosen.chunk == expected_chunk and chosen.passes == math.ceil(8 / expected_chunk)
+
+
+def test_sign_formulas_need_no_more_passes_than_sgd() -> None:
+    for budget in (100 * MiB, 250 * MiB, 400 * MiB, 1024 * MiB):
+        sgd = plan(_request(SGD, budget=budget))
+        assert plan(_request(SIGNGD, budget=budget)).passes <= sgd.passes
+    # and at 250 MiB sgd is split while signgd (a quarter of the bytes) is not
+    assert plan(_request(SGD, budget=250 * MiB)).passes > 1 == plan(_request(SIGNGD, budget=250 * MiB)).passes
+
+
+def test_tensor_groups_when_every_tensor_fits_for_all_examples() -> None:
+    request = _request(budget=300 * MiB)  # 8 examples x 2 logits x 6M entries x 4 B = 384 MB do not fit
+    chosen = plan(request)
+    flat = [i for group in chosen.groups for i in group]
+    assert flat == list(range(6)) and len(chosen.groups) > 1  # every tensor once, in model order
+    assert chosen.chunk == 8 and chosen.passes == len(chosen.groups)
+    for group in chosen.groups:  # each group's stored side fits its share of the budget
+        assert len(group) * 8 * 2 * 1_000_000 * 4 <= chosen.store_budget
+
+
+def test_example_chunks_when_one_tensor_is_too_big_for_all_examples() -> None:
+    tensors = (TensorSize(20_000_000), TensorSize(1_000))
+    chosen = plan(_request(budget=500 * MiB, tensors=tensors))  # 8 x 2 x 20M x 4 B = 1.28 GB
+    per_example = 2 * 20_001_000 * 4
+    assert chosen.groups == ((0, 1),)
+    assert chosen.chunk == int(chosen.store_budget // per_example)
+    assert chosen.passes == math.ceil(8 / chosen.chunk)
+
+
+def test_tiny_budget_is_raised_with_a_note_and_overrides_win() -> None:
+    chosen = plan(_request(budget=MiB))
+    assert "working with 64 MiB" in chosen.note and chosen.store_budget == pytest.approx(0.45 * MIN_WORK_BYTES)
+    forced = plan(_request(overrides={"chunk": 3, "max_batch": 2, "segment_cols": 5000, "group_slots": 4}))
+    assert (forced.chunk, forced.max_batch, forced.segment_cols) == (3, 2, 5000)
+    assert forced.groups == ((0, 1, 2, 3), (4, 5)) and forced.passes == 2 * 3
+
+
+def test_sparse_tensors_and_batches() -> None:
+    tensors = (TensorSize(50_000 * 64, sparse=True, width=64), TensorSize(100_000))
+    chosen = plan(_request(tensors=tensors, longest=32))
+    assert chosen.passes == 1
+    # the largest batch keeps activations within their share and the widest dense tensor's workspace
+    assert chosen.max_batch == min(
+        int(chosen.act_budget // (100_000 * 4)), int(chosen.work_budget // (2 * 100_000 * 4))
+    )
+
+
+def test_bad_request() -> None:
+    with pytest.raises(ValueError, match="at least one training example"):
+        plan(_request(n_a=0))
