@@ -196,35 +196,38 @@ def list_cmd(
     table = Table(title=f"registered {kind}")
     table.add_column("name", no_wrap=True, style="bold")
     if kind == "tasks":
-        for column in ("task", "labels", "template", "label words", "max len"):
+        for column in ("task", "labels", "template", "label words", "max len", "from"):
             table.add_column(column)
         for name, spec in TASKS.items():
             words = ", ".join(spec.label_words[label] for label in spec.labels)
-            table.add_row(name, spec.display_name, str(spec.num_labels), spec.template, words, str(spec.max_seq_len))
+            table.add_row(name, spec.display_name, str(spec.num_labels), spec.template, words, str(spec.max_seq_len),
+                          TASKS.origin(name))
     elif kind == "templates":
         from benchmark.prompts import register_task_templates
         from registry import TEMPLATES
 
         register_task_templates()
-        for column in ("template", "label words", "description"):
+        for column in ("template", "label words", "description", "from"):
             table.add_column(column)
-        for _, spec in TEMPLATES.items():
+        for name, spec in TEMPLATES.items():
             words = ", ".join(spec.label_words.values()) if spec.label_words else "(task's)"
-            table.add_row(spec.name, spec.template, words, spec.description)
+            table.add_row(spec.name, spec.template, words, spec.description, TEMPLATES.origin(name))
     elif kind == "backbones":
-        import benchmark.backbones  # noqa: F401 - registers the built-ins
+        import kernel_bench_data
 
-        for column in ("path", "family", "description"):
+        for column in ("path", "family", "description", "from"):
             table.add_column(column)
         for name, spec in BACKBONES.items():
-            table.add_row(name, spec.path, spec.family, spec.description)
+            path = "(bundled with the suite)" if spec.path == str(kernel_bench_data.model_dir()) else spec.path
+            table.add_row(name, path, spec.family, spec.description, BACKBONES.origin(name))
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:
-        for column in ("aliases", "family", "summary", "options (bench describe METHOD)"):
+        for column in ("aliases", "family", "summary", "options (bench describe METHOD)", "from"):
             table.add_column(column)
         for name, method in METHODS.items():
             options = ", ".join(f"{o}={d}" for o, _, d, _ in option_rows(method))
-            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options)
+            table.add_row(name, ", ".join(METHODS.aliases_of(name)), method.family, method.summary, options,
+                          METHODS.origin(name))
     console.print(table)
 
 
@@ -428,6 +431,8 @@ def run_cmd(
         for s in parse_seeds(seed)
     ]
     runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
+    if launcher == "deepspeed":
+        _deepspeed_first_run_note()
     outcomes = []
     for config in configs:
         outcome = runner.launch(config)
@@ -436,6 +441,29 @@ def run_cmd(
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
         outcomes.append(outcome)
     console.print(_summary_table(outcomes))
+    console.print(where_it_went(configs[0].tracking_uri, experiment, [o.run_id for o in outcomes]),
+                  highlight=False, soft_wrap=True)
+
+
+def where_it_went(tracking_uri: str | None, experiment: str, run_ids: list[str]) -> str:
+    """The line that ends a run: the store, the experiment, the run id(s), and how to look at them."""
+    import shlex
+
+    from benchmark.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    runs = f"run {run_ids[0]}" if len(run_ids) == 1 else f"runs {', '.join(run_ids)}"
+    ui = "bench ui" if tracking_uri is None else f"bench ui --tracking-uri {shlex.quote(uri)}"
+    return f"logged to {uri}, experiment '{experiment}', {runs}; see them with: {ui}"
+
+
+def _deepspeed_first_run_note() -> None:
+    """Say why the first DeepSpeed run on a machine is slow: it compiles an op once (cached afterwards)."""
+    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if not cache.is_dir() or not any(cache.rglob("*.so")):
+        err_console.print(f"note: the first DeepSpeed run on this machine compiles an op (a minute or more, "
+                          f"once; cached in {cache}); rank 0 shows the training progress, other ranks are quiet",
+                          highlight=False, soft_wrap=True)
 
 
 def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,

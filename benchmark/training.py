@@ -443,13 +443,15 @@ def train_model(
     prefix: str = "",
     dist: DistContext | None = None,
     work_dir: Path | None = None,
+    label: str = "",
 ) -> TrainResult:
     """Train the trainable parameters of ``model`` on ``train`` and keep the best checkpoint on ``dev``.
 
     ``model(**inputs)`` must return logits ``[B, C]``. Metrics go to ``tracker`` at each
     evaluation step as ``{prefix}train/loss``, ``{prefix}train/lr``, ``{prefix}train/grad_norm``
     and ``{prefix}eval/dev_acc`` (and ``eval/dev_f1``). On return the model holds the best-dev
-    weights, is in eval mode, and the result says at which step they were reached.
+    weights, is in eval mode, and the result says at which step they were reached. ``label`` names
+    the progress bar (e.g. a grid point's values); it defaults to ``prefix``.
     """
     dist = dist or DistContext()
     check_global_batch(options.batch_size, dist.world_size)
@@ -485,8 +487,10 @@ def train_model(
     start = time.perf_counter()
     batches = epoch_batches(len(train), options.batch_size, seed)
     module.train()
-    bar = tqdm(range(1, options.steps + 1), desc=f"{prefix}train", disable=None if dist.rank == 0 else True,
-               leave=False)
+    # Rank 0 of a DeepSpeed run writes to the launcher's pipe (not a TTY): show its bar anyway; other ranks stay quiet.
+    show: bool | None = (None if dist.world_size == 1 else True) if dist.rank == 0 else False
+    bar = tqdm(range(1, options.steps + 1), desc=f"{label or prefix}train", disable=not show if show is not None
+               else None, leave=False)
     for step in bar:
         tick = time.perf_counter()
         indices = next(batches)

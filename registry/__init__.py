@@ -11,13 +11,28 @@ from registry.specs import BackboneSpec, HubSource, LocalSource, TaskSpec, Templ
 
 T = TypeVar("T")
 
-TASKS: Registry[TaskSpec] = Registry("task", "kernel_bench.tasks")
-TEMPLATES: Registry[TemplateSpec] = Registry("template", "kernel_bench.templates")
-BACKBONES: Registry[BackboneSpec] = Registry("backbone", "kernel_bench.backbones")
-METHODS: Registry[Any] = Registry("method", "kernel_bench.methods")
+
+
+def _instance_of(cls: type) -> Callable[[str, object], str | None]:
+    def check(_name: str, obj: object) -> str | None:
+        return None if isinstance(obj, cls) else f"it is a {type(obj).__name__}, not a registry.{cls.__name__}"
+
+    return check
+
+
+def _method_class(_name: str, obj: object) -> str | None:
+    if isinstance(obj, type) and callable(getattr(obj, "run", None)) and hasattr(obj, "Options"):
+        return None
+    return f"it is a {type(obj).__name__}, not a benchmark.methods.base.Method subclass"
+
+
+TASKS: Registry[TaskSpec] = Registry("task", "kernel_bench.tasks", check=_instance_of(TaskSpec))
+TEMPLATES: Registry[TemplateSpec] = Registry("template", "kernel_bench.templates", check=_instance_of(TemplateSpec))
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", "kernel_bench.backbones", check=_instance_of(BackboneSpec))
+METHODS: Registry[Any] = Registry("method", "kernel_bench.methods", check=_method_class)
 
 # Built-ins are lazy placeholders so that importing the registry stays cheap.
-_BUILTIN_MODULES = ("tasks", "benchmark.methods")
+_BUILTIN_MODULES = ("tasks", "benchmark.methods", "benchmark.backbones")
 _builtins_loaded = False
 
 
@@ -29,8 +44,16 @@ def load_builtins() -> None:
     _builtins_loaded = True
     import importlib
 
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    Registry.loading_builtins = True
+    try:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+    finally:
+        Registry.loading_builtins = False
+
+
+for _registry in (TASKS, TEMPLATES, BACKBONES, METHODS):
+    _registry.before_plugins = lambda: load_builtins()  # built-ins first: a plugin cannot take their names
 
 
 def _decorator(registry: Registry[Any], name: str, aliases: tuple[str, ...]) -> Callable[[T], T]:

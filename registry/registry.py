@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
 from registry.errors import BenchError
@@ -22,12 +23,23 @@ class Registry(Generic[T]):
     the first lookup. Names are case-insensitive; a duplicate name is rejected.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    BUILTIN = "built-in"
+    loading_builtins = False
+    """True while `registry.load_builtins` imports the built-ins: lookups then do not discover plugins yet."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None, *,
+                 check: Callable[[str, object], str | None] | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._objects: dict[str, T | str] = {}
         self._aliases: dict[str, str] = {}
+        self._origins: dict[str, str] = {}
+        self._broken: dict[str, str] = {}
         self._plugins_loaded = entry_point_group is None
+        self.check = check
+        """``check(name, obj)``: why a plugin's object is not a valid entry (None = valid)."""
+        self.before_plugins: Callable[[], None] | None = None
+        """Called before plugins are discovered (registers the built-ins, so a plugin cannot take their names)."""
 
     @staticmethod
     def _key(name: str) -> str:
@@ -43,8 +55,10 @@ class Registry(Generic[T]):
             if replace and (alias_key == key or self._aliases.get(alias_key) == key):
                 taken = False
             if taken:
-                raise BenchError(f"{self.kind} '{alias_key}' is already registered; choose another name")
+                owner = self._origins.get(self._aliases.get(alias_key, alias_key), self.BUILTIN)
+                raise BenchError(f"{self.kind} '{alias_key}' is already registered (by {owner}); choose another name")
         self._objects[key] = obj
+        self._origins.setdefault(key, self.BUILTIN if _builtin(obj) else _module_of(obj))
         for alias in aliases:
             self._aliases[self._key(alias)] = key
 
@@ -58,23 +72,63 @@ class Registry(Generic[T]):
         return decorate
 
     def _load_plugins(self) -> None:
-        if self._plugins_loaded:
+        """Discover the entry points once: import and check each, never replacing an existing name.
+
+        A plugin whose object cannot be imported or is not a valid entry is left out with one warning
+        line; a name that two sources register is an error naming both, raised when that name is used.
+        """
+        if self._plugins_loaded or Registry.loading_builtins:
             return
         self._plugins_loaded = True
+        if self.before_plugins is not None:
+            self.before_plugins()
         for ep in entry_points(group=self.entry_point_group):
             key = self._key(ep.name)
+            origin = _distribution(ep)
+            if key in self._broken:
+                continue
             if key in self._objects or key in self._aliases:
-                raise BenchError(
-                    f"plugin entry point '{ep.name}' ({ep.value}) reuses the built-in {self.kind} name "
-                    f"'{key}'; rename it in the plugin's entry points"
-                )
-            self._objects[key] = ep.value
+                owner = self._origins.get(self._aliases.get(key, key), self.BUILTIN)
+                owner_text = "the built-in one" if owner == self.BUILTIN else f"the one from {owner}"
+                self._broken[key] = (f"{self.kind} '{key}' is registered twice: by plugin {origin} (entry point "
+                                     f"{ep.name} = {ep.value}) and {owner_text}; uninstall one or rename the "
+                                     "plugin's entry point")
+                _warn(self._broken[key] + f" (the {self.kind} '{key}' cannot be used until then)")
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # any import-time failure of third-party code
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self._broken[key] = f"plugin {origin} {self.kind} '{ep.name}' ({ep.value}) failed to load ({reason})"
+                _warn(self._broken[key] + "; ignored")
+                continue
+            problem = self.check(ep.name, obj) if self.check is not None else None
+            if problem is None and getattr(obj, "name", None) is not None and self._key(str(obj.name)) != key:
+                problem = f"its name is '{obj.name}', not the entry-point name '{ep.name}'"
+            if problem is not None:
+                self._broken[key] = f"plugin {origin} {self.kind} entry point '{ep.name}' ({ep.value}) is invalid: " \
+                                    f"{problem}"
+                _warn(self._broken[key] + "; ignored")
+                continue
+            self._objects[key] = obj
+            self._origins[key] = origin
+
+    def origin(self, name: str) -> str:
+        """Where ``name`` comes from: ``built-in``, a plugin distribution (``name version``) or a module."""
+        return self._origins.get(self.resolve_name(name), self.BUILTIN)
+
+    def problems(self) -> dict[str, str]:
+        """Names whose plugin entry failed (import error, invalid object, name taken twice) -> why."""
+        self._load_plugins()
+        return dict(self._broken)
 
     def resolve_name(self, name: str) -> str:
         """The canonical name for ``name`` (aliases resolved); raises `BenchError` if unknown."""
         self._load_plugins()
         key = self._key(name)
         key = self._aliases.get(key, key)
+        if key in self._broken:
+            raise BenchError(self._broken[key])
         if key not in self._objects:
             known = self.names(include_aliases=True)
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
@@ -90,6 +144,11 @@ class Registry(Generic[T]):
             obj = _import_attr(obj)
             self._objects[key] = obj
         return obj  # type: ignore[return-value]
+
+    def registered(self, name: str) -> bool:
+        """Whether ``name`` is registered already, without discovering plugins (for registering built-ins)."""
+        key = self._key(name)
+        return key in self._objects or key in self._aliases
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
@@ -112,9 +171,10 @@ class Registry(Generic[T]):
         return sorted(alias for alias, target in self._aliases.items() if target == key)
 
     def items(self) -> Iterator[tuple[str, T]]:
-        """(name, object) pairs, loading placeholders."""
+        """(name, object) pairs, loading placeholders; names a plugin made unusable (see `problems`) are left out."""
         for name in self.names():
-            yield name, self.get(name)
+            if name not in self._broken:
+                yield name, self.get(name)
 
 
 def _fills_placeholder(existing: object, obj: object) -> bool:
@@ -137,3 +197,45 @@ def _import_attr(path: str) -> object:
     except AttributeError as exc:
         raise BenchError(f"'{module_name}' has no attribute '{attr}' (registry entry '{path}')") from exc
     return obj
+
+
+_warned: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """One ``warning:`` line on stderr per distinct message (registries are looked up many times)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _distribution(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return f"'{ep.value.partition(':')[0]}'"
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def _builtin(obj: object) -> bool:
+    """A built-in entry: a lazy placeholder into, or an object defined in, the suite's own packages."""
+    module = obj.partition(":")[0] if isinstance(obj, str) else getattr(obj, "__module__", "") or ""
+    if not isinstance(obj, str) and not hasattr(obj, "__qualname__"):
+        module = _caller_module()
+    return module.split(".")[0] in _SUITE_PACKAGES
+
+
+def _module_of(obj: object) -> str:
+    if isinstance(obj, str):
+        return obj.partition(":")[0]
+    return (getattr(obj, "__module__", None) if hasattr(obj, "__qualname__") else None) or _caller_module()
+
+
+_SUITE_PACKAGES = frozenset({"benchmark", "registry", "tasks", "runners", "leaderboard", "kernel_bench_data"})
+
+
+def _caller_module() -> str:
+    """The module that registered a spec instance (specs do not carry one): the first frame outside registry."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("registry"):
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"

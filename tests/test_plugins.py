@@ -64,8 +64,9 @@ def test_plugin_task_and_method_via_entry_points(tmp_path: Path) -> None:
     listed = subprocess.run([*bench, "list", "tasks"], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
     assert "toy-sentiment" in listed.stdout
-    listed = subprocess.run([*bench, "list", "methods"], env=env, capture_output=True, text=True, timeout=120)
-    assert "majority" in listed.stdout
+    listed = subprocess.run([*bench, "list", "methods"], env={**env, "COLUMNS": "250"}, capture_output=True,
+                            text=True, timeout=120)
+    assert "majority" in listed.stdout and "kb-toy-plugin 0.1" in listed.stdout  # where the entry comes from
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ran = subprocess.run(
@@ -79,3 +80,60 @@ def test_plugin_task_and_method_via_entry_points(tmp_path: Path) -> None:
     assert run.data.tags["task"] == "toy-sentiment" and run.data.tags["method"] == "majority"
     # 3 of the 9 test labels are 1; the majority of train (11 zeros, 10 ones) is 0 -> 6/9.
     assert abs(run.data.metrics["test_acc"] - 6 / 9) < 1e-9
+
+
+BAD_PLUGIN = '''
+from registry import BackboneSpec, TaskSpec
+from benchmark.methods.baselines import ZeroShot
+
+
+class FakeAdam(ZeroShot):
+    name = "ft-adam"
+
+
+NOT_A_SPEC = {"name": "dict-task"}
+OTHER_NAME = BackboneSpec(name="real-name", path="x/y")
+MR_AGAIN = TaskSpec(name="mr", display_name="MR again", labels=("0", "1"), template="*cls**sent_0**mask*.*sep+*",
+                    label_words={"0": "bad", "1": "good"})
+'''
+
+
+def test_bad_plugins_are_one_warning_each_and_never_replace_builtins(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "kb_bad_plugin.py").write_text(textwrap.dedent(BAD_PLUGIN))
+    dist = site / "kb_bad_plugin-0.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-bad-plugin\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text(
+        "[kernel_bench.methods]\nft-adam = kb_bad_plugin:FakeAdam\n\n"
+        "[kernel_bench.tasks]\nmr = kb_bad_plugin:MR_AGAIN\ndict-task = kb_bad_plugin:NOT_A_SPEC\n"
+        "gone = kb_missing_module:TASK\n\n"
+        "[kernel_bench.backbones]\nalias-name = kb_bad_plugin:OTHER_NAME\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "COLUMNS": "250"}
+    bench = [sys.executable, "-c", "from benchmark.cli import main; main()"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*bench, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    listed = run("list", "tasks")
+    assert listed.returncode == 0, listed.stderr
+    warnings = listed.stderr.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("warning: ") and "kb-bad-plugin 0.3" in w for w in warnings)
+    assert any("task 'mr' is registered twice" in w and "the built-in one" in w for w in warnings)
+    assert any("'dict-task'" in w and "it is a dict, not a registry.TaskSpec" in w for w in warnings)
+    assert any("'gone'" in w and "failed to load (ModuleNotFoundError" in w for w in warnings)
+    assert "sst2" in listed.stdout and "built-in" in listed.stdout and "dict-task" not in listed.stdout
+
+    listed = run("list", "backbones")
+    assert listed.returncode == 0 and "its name is 'real-name', not the entry-point name 'alias-name'" in listed.stderr
+    assert "(bundled with the suite)" in listed.stdout
+
+    ran = run("run", "--task", "sst2", "--method", "ft-adam", "--backbone", "nope/nope")
+    assert ran.returncode == 2
+    assert "method 'ft-adam' is registered twice: by plugin kb-bad-plugin 0.3" in ran.stderr
+    assert "and the built-in one" in ran.stderr and "Traceback" not in ran.stderr
+    described = run("describe", "zero-shot")  # commands that do not need the broken entries keep working
+    assert described.returncode == 0 and "zero-shot (baseline)" in described.stdout

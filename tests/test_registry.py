@@ -105,6 +105,34 @@ def test_entry_point_cannot_shadow_a_builtin(tmp_path: Path, monkeypatch: pytest
     (dist / "entry_points.txt").write_text("[kernel_bench_test.clash]\nbuiltin = json:dumps\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     reg: Registry[str] = Registry("thing", "kernel_bench_test.clash")
-    reg.add("builtin", "x")
-    with pytest.raises(BenchError, match="reuses the built-in thing name 'builtin'"):
-        reg.names()
+    reg.add("builtin", "benchmark.methods.baselines:ZeroShot")
+    assert reg.names() == ["builtin"]  # the rest of the registry keeps working
+    with pytest.raises(BenchError, match=r"thing 'builtin' is registered twice: by plugin ep-clash 0\.1 \(entry "
+                                         r"point builtin = json:dumps\) and the built-in one"):
+        reg.get("builtin")
+
+
+def test_two_plugins_with_one_name_and_invalid_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    module = "class A:\n    name = 'a'\n\n\nclass Shared:\n    name = 'shared'\n\n\nB = {}\n"
+    (tmp_path / "ep_two_mod.py").write_text(module)
+    for dist_name, body in (("ep_one", "shared = ep_two_mod:Shared\n"), ("ep_two", "shared = ep_two_mod:Shared\n"
+                                                                     "dicty = ep_two_mod:B\nnamed = ep_two_mod:A\n"
+                                                                     "broken = ep_missing_mod:X\n")):
+        dist = tmp_path / f"{dist_name}-0.2.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name.replace('_', '-')}\nVersion: 0.2\n")
+        (dist / "entry_points.txt").write_text(f"[kernel_bench_test.two]\n{body}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry[object] = Registry("thing", "kernel_bench_test.two",
+                                     check=lambda name, obj: None if isinstance(obj, type) else "not a class")
+    assert reg.names() == ["shared"]  # the first plugin's; every other entry is broken in one way
+    problems = reg.problems()
+    assert "registered twice: by plugin ep-" in problems["shared"] and "the one from ep-" in problems["shared"]
+    assert problems["dicty"].endswith("is invalid: not a class")
+    assert "its name is 'a', not the entry-point name 'named'" in problems["named"]
+    assert "failed to load (ModuleNotFoundError" in problems["broken"] and "ep-two 0.2" in problems["broken"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("warning: ") for line in err)
+    with pytest.raises(BenchError, match="failed to load"):
+        reg.get("broken")

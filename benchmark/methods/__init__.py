@@ -21,5 +21,5 @@ BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 for _name, (_target, _aliases) in BUILTIN_METHODS.items():
-    if _name not in METHODS:
+    if not METHODS.registered(_name):  # no plugin discovery before the built-ins are in
         METHODS.add(_name, _target, aliases=_aliases)

@@ -296,6 +296,7 @@ class Finetune(Method):
                 prefix=prefix,
                 dist=dist,
                 work_dir=ctx.work_dir,
+                label=", ".join(f"{key}={getattr(point, key)}" for key in sorted(options.grid)) + " " if prefix else "",
             )
             dev_acc = result.best_metrics["dev_acc"]
             if len(points) > 1:
