@@ -307,13 +307,16 @@ class FastKernelEngine:
                     self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
                     continue
                 # computed in the model's precision (float64 with a twin), then rounded and/or signed
-                exact = self._scratch("store", size, group.cols, twin.model_dtype if twin else self.dtype)
-                self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
-                if dense is not None:
-                    dense[at].copy_(exact)
-                if dense_sign is not None:
-                    dense_sign[at].copy_(exact.sign_())
-                del exact
+                for segment in work_group.segments:  # one segment at a time: the scratch stays small
+                    cols = slice(segment.start, segment.stop)
+                    dtype = twin.model_dtype if twin else self.dtype
+                    exact = self._scratch("store", size, segment.stop - segment.start, dtype)
+                    self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, exact, segment.start, c)
+                    if dense is not None:
+                        dense[at, cols].copy_(exact)
+                    if dense_sign is not None:
+                        dense_sign[at, cols].copy_(exact.sign_())
+                    del exact
             for slot in work_group.sparse:
                 parts[slot.index] += self._sparse_rows(
                     slot, rec, grads, size, lambda c, r, local=local: r + c * A + local

@@ -138,9 +138,10 @@ def plan(request: Request) -> Plan:
     widest = max((t.numel for t in r.tensors if not t.sparse and not t.fallback), default=0)
     if widest:
         max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * r.itemsize))))
-    if r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, group columns] buffer
+    if r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
         widest_group = max(sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse) for g in groups)
-        max_batch = max(1, min(max_batch, int(work_budget // max(1, r.scratch_itemsize * widest_group))))
+        widest_segment = max(min(widest_group, MAX_SEGMENT), widest)
+        max_batch = max(1, min(max_batch, int(work_budget // max(1, r.scratch_itemsize * widest_segment))))
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
     seg_cols = int(work_budget // (stream_factor * C * max(1, target_batch) * r.itemsize))
     seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, seg_cols))
