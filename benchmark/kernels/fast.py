@@ -163,7 +163,7 @@ class FastKernelEngine:
             budget=self.budget,
             itemsize=self.itemsize,
             longest=max([a.max_len] + [t.max_len for t in targets.values() if t is not None]),
-            captured=captured,
+            captured=captured * (2 if self._wants_twin() else 1),  # the float64 twin's activations are twice as big
             overrides=self.overrides,
             reserved=self._twin_bytes() if self._wants_twin() else 0,
             scratch_itemsize=(8 if self._wants_twin() else self.itemsize) if self._stores_signs(targets) else 0,
