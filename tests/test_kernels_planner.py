@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmark.kernels.planner import MIN_WORK_BYTES, Request, TensorSize, plan
+from benchmark.kernels.planner import MAX_SEGMENT, MIN_WORK_BYTES, Request, TensorSize, plan
 
 SGD, SIGNGD = ((False, False),), ((True, True),)
 ASYM = ((True, False), (False, True))
@@ -118,3 +118,15 @@ def test_sparse_tensors_and_batches() -> None:
 def test_bad_request() -> None:
     with pytest.raises(ValueError, match="at least one training example"):
         plan(_request(n_a=0))
+
+
+def test_float64_model_copy_and_store_scratch_are_counted() -> None:
+    plain = plan(_request(ASYM, budget=1024 * MiB))
+    reserved = plan(_request(ASYM, budget=1024 * MiB, reserved=500 * MiB))
+    assert reserved.store_budget == pytest.approx(plain.store_budget - 0.45 * 500 * MiB)
+    assert reserved.passes >= plain.passes
+    # a stored batch passes through a float64 [batch, segment columns] buffer: the batch fits the workspace
+    scratch = plan(_request(ASYM, budget=1024 * MiB, scratch_itemsize=8))
+    widest_group = min(max(len(g) for g in scratch.groups) * 1_000_000, MAX_SEGMENT)
+    assert scratch.max_batch == max(1, min(plain.max_batch, int(scratch.work_budget // (8 * widest_group))))
+    assert scratch.max_batch * 8 * widest_group <= scratch.work_budget or scratch.max_batch == 1

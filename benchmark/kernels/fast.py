@@ -78,7 +78,7 @@ from benchmark.kernels.per_example import (
     sparse_join,
     write_dense,
 )
-from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan
+from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan, stored_needs
 from benchmark.kernels.products import accumulate, gram, product
 from registry import BenchError
 
@@ -163,8 +163,10 @@ class FastKernelEngine:
             budget=self.budget,
             itemsize=self.itemsize,
             longest=max([a.max_len] + [t.max_len for t in targets.values() if t is not None]),
-            captured=captured,
+            captured=captured * (2 if self._wants_twin() else 1),  # the float64 twin's activations are twice as big
             overrides=self.overrides,
+            reserved=self._twin_bytes() if self._wants_twin() else 0,
+            scratch_itemsize=(8 if self._wants_twin() else self.itemsize) if self._stores_signs(targets) else 0,
         )
         chosen = plan(request)
         if chosen.note:
@@ -305,13 +307,16 @@ class FastKernelEngine:
                     self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
                     continue
                 # computed in the model's precision (float64 with a twin), then rounded and/or signed
-                exact = self._scratch("store", size, group.cols, twin.model_dtype if twin else self.dtype)
-                self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, exact, 0, c)
-                if dense is not None:
-                    dense[at].copy_(exact)
-                if dense_sign is not None:
-                    dense_sign[at].copy_(exact.sign_())
-                del exact
+                for segment in work_group.segments:  # one segment at a time: the scratch stays small
+                    cols = slice(segment.start, segment.stop)
+                    dtype = twin.model_dtype if twin else self.dtype
+                    exact = self._scratch("store", size, segment.stop - segment.start, dtype)
+                    self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, exact, segment.start, c)
+                    if dense is not None:
+                        dense[at, cols].copy_(exact)
+                    if dense_sign is not None:
+                        dense_sign[at, cols].copy_(exact.sign_())
+                    del exact
             for slot in work_group.sparse:
                 parts[slot.index] += self._sparse_rows(
                     slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
@@ -459,6 +464,20 @@ class FastKernelEngine:
             return None
         return Pending(self._scratch("pending", rows, cols, self.dtype))
 
+    def _wants_twin(self) -> bool:
+        """Whether the stored side is computed with a float64 copy of the model (see `Twin`)."""
+        signs = any(x or y for x, y in self.combos)
+        return self.exact_signs and signs and self.dtype != torch.float64
+
+    def _twin_bytes(self) -> int:
+        """Memory of the float64 copy of the model."""
+        return sum(t.numel() * 8 for t in list(self.model.parameters()) + list(self.model.buffers()))
+
+    def _stores_signs(self, targets: Mapping[str, Examples | None]) -> bool:
+        """Whether stored gradients pass through a scratch buffer (signs kept, or a float64 twin)."""
+        symmetric = any(t is None for t in targets.values())
+        return stored_needs(tuple(self.combos), symmetric)[1] or self._wants_twin()
+
     def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
         """A ``[rows, cols]`` work buffer kept across batches and passes (grown when too small).
 
@@ -504,8 +523,7 @@ class FastKernelEngine:
             self._tick("probe", t)
             self.stats["activation_bytes"] = captured  # per example: recorded layer inputs and outputs
             groups, chunk, max_batch = self._plan(a, streams, captured)
-            signs = any(x or y for x, y in self.combos)
-            if self.exact_signs and signs and self.dtype != torch.float64:
+            if self._wants_twin():
                 self.twin = Twin.build(self.model, groups)
             self.stats["exact_signs"] = self.twin is not None
             max_pairs = int(0.05 * self.budget // self.itemsize) + 2**16

@@ -58,6 +58,8 @@ class Request:
     longest: int = 128  # longest sequence
     captured: int = 1  # recorded activation bytes per example
     overrides: Mapping[str, int] = field(default_factory=dict)
+    reserved: int = 0  # bytes held outside the plan's shares (the float64 copy of the model for exact signs)
+    scratch_itemsize: int = 0  # bytes per entry of the buffer a stored batch passes through (0: written in place)
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,12 @@ def plan(request: Request) -> Plan:
         raise ValueError("a plan needs at least one training example and one tensor")
     C = r.num_outputs
     kernel_bytes = sum(r.n_a * C * (t if t is not None else r.n_a) * C * 8 * len(r.combos) for t in r.targets)
-    avail = r.budget - kernel_bytes
+    avail = r.budget - kernel_bytes - r.reserved
     note = ""
     if avail < MIN_WORK_BYTES:
         note = (
-            f"budget {r.budget / 2**20:.0f} MiB leaves {avail / 2**20:.0f} MiB beside the kernels; "
+            f"budget {r.budget / 2**20:.0f} MiB leaves {avail / 2**20:.0f} MiB beside the kernels"
+            f"{' and the float64 model copy' if r.reserved else ''}; "
             f"working with {MIN_WORK_BYTES / 2**20:.0f} MiB"
         )
         avail = MIN_WORK_BYTES
@@ -135,6 +138,10 @@ def plan(request: Request) -> Plan:
     widest = max((t.numel for t in r.tensors if not t.sparse and not t.fallback), default=0)
     if widest:
         max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * r.itemsize))))
+    if r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
+        widest_group = max(sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse) for g in groups)
+        widest_segment = max(min(widest_group, MAX_SEGMENT), widest)
+        max_batch = max(1, min(max_batch, int(work_budget // max(1, r.scratch_itemsize * widest_segment))))
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
     seg_cols = int(work_budget // (stream_factor * C * max(1, target_batch) * r.itemsize))
     seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, seg_cols))

@@ -482,3 +482,4 @@ def select_hyperparameters(
     chosen = next(c for c in candidates if c.dev_score >= threshold - 1e-12)
     chosen.scores = [(c.hyperparameters, c.dev_score) for c in candidates]
     return chosen
+
