@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kernel_bench_data
+from benchmark import bundled
 from registry import BACKBONES, BackboneSpec, BenchError, register_backbone
 
 for _spec in (
@@ -18,7 +18,7 @@ for _spec in (
                  description="BERT large, uncased (336M)"),
     BackboneSpec(name="distilroberta-base", path="distilbert/distilroberta-base", family="roberta",
                  description="DistilRoBERTa (82M), for quick checks"),
-    BackboneSpec(name="bert-tiny", path=str(kernel_bench_data.model_dir()), family="bert",
+    BackboneSpec(name="bert-tiny", path=str(bundled.model_dir()), family="bert",
                  description="bundled: pre-trained BERT, 2 layers, 128 wide (4.4M), for CPU runs offline"),
 ):
     register_backbone(_spec)

@@ -213,12 +213,12 @@ def list_cmd(
             words = ", ".join(spec.label_words.values()) if spec.label_words else "(task's)"
             table.add_row(spec.name, spec.template, words, spec.description, TEMPLATES.origin(name))
     elif kind == "backbones":
-        import kernel_bench_data
+        from benchmark import bundled
 
         for column in ("path", "family", "description", "from"):
             table.add_column(column)
         for name, spec in BACKBONES.items():
-            path = "(bundled with the suite)" if spec.path == str(kernel_bench_data.model_dir()) else spec.path
+            path = "(bundled with the suite)" if spec.path == str(bundled.model_dir()) else spec.path
             table.add_row(name, path, spec.family, spec.description, BACKBONES.origin(name))
         table.caption = "any Hub id (org/name) or local model directory also works"
     else:

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmark.bundled import resolve_data_dir
 from benchmark.examples import Example, Splits
-from kernel_bench_data import resolve_data_dir
 from registry import BenchError, HubSource, LocalSource, TaskSpec
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def _load_hub_split(task: TaskSpec, hub: HubSource, split: str) -> datasets.Data
 
 
 def _bundled_hint(task: TaskSpec) -> str:
-    from kernel_bench_data import bundled_tasks
+    from benchmark.bundled import bundled_tasks
 
     bundled = task.local is not None and task.local.dir in bundled_tasks()
     return f", or --data-dir bundled (the copy of {task.name} shipped with the suite)" if bundled else ""

@@ -155,9 +155,9 @@ def resolve_run(config: RunConfig, *, check_tokenizer: bool = True) -> ResolvedR
 
     ``check_tokenizer`` loads the backbone's tokenizer to check the label words (no model weights).
     """
+    from benchmark.bundled import resolve_data_dir
     from benchmark.data import data_identity
     from benchmark.prompts import resolve_prompt
-    from kernel_bench_data import resolve_data_dir
 
     task = resolve_task(config)
     method_name = METHODS.resolve_name(config.method)

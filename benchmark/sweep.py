@@ -62,8 +62,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from benchmark.bundled import resolve_data_dir
 from benchmark.config import LMBFF_SEEDS, RunConfig
-from kernel_bench_data import resolve_data_dir
 from registry import BenchError
 from registry.specs import read_text_file
 

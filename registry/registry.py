@@ -230,7 +230,7 @@ def _module_of(obj: object) -> str:
     return (getattr(obj, "__module__", None) if hasattr(obj, "__qualname__") else None) or _caller_module()
 
 
-_SUITE_PACKAGES = frozenset({"benchmark", "registry", "tasks", "runners", "leaderboard", "kernel_bench_data"})
+_SUITE_PACKAGES = frozenset({"benchmark", "registry", "tasks", "runners", "leaderboard"})
 
 
 def _caller_module() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-import kernel_bench_data
+from benchmark import bundled
 from benchmark.backbones import resolve_backbone
 from benchmark.data import load_task_pools
 from registry import TASKS, load_builtins
@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bundled_files_are_package_data_with_their_notices() -> None:
-    package = ROOT / "kernel_bench_data"
+    package = ROOT / "benchmark" / "bundled"
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "kernel_bench_data" in config["packages"]["find"]["include"]
-    globs = config["package-data"]["kernel_bench_data"]
+    assert "benchmark*" in config["packages"]["find"]["include"]
+    globs = config["package-data"]["benchmark.bundled"]
     files = [p.relative_to(package).as_posix() for p in package.rglob("*")
              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"]
     assert files and all(any(fnmatch(f, g) for g in globs) for f in files), files
@@ -36,14 +36,14 @@ def test_bundled_mr_is_the_real_data_set() -> None:
     # data/README.md: train 8,453 sentences (4,180 positive), test 2,000 (1,035 positive).
     assert (len(train), sum(e.label for e in train)) == (8453, 4180)
     assert (len(test), sum(e.label for e in test)) == (2000, 1035)
-    with (kernel_bench_data.data_dir() / "original" / "mr" / "test.csv").open(newline="") as handle:
+    with (bundled.data_dir() / "original" / "mr" / "test.csv").open(newline="") as handle:
         first = next(csv.reader(handle))
     assert test[0].texts[0] == first[1] and test[0].label == int(first[0])
 
 
 def test_bert_tiny_backbone_is_the_bundled_model() -> None:
     spec = resolve_backbone("bert-tiny")
-    assert Path(spec.path) == kernel_bench_data.model_dir() and spec.family == "bert"
+    assert Path(spec.path) == bundled.model_dir() and spec.family == "bert"
     assert (Path(spec.path) / "model.safetensors").stat().st_size > 17_000_000
 
 

@@ -333,7 +333,7 @@ def test_readme_links_point_to_files_that_exist() -> None:
     for readme in (REPO / "README.md", REPO / "leaderboard" / "mr-bert-tiny" / "README.md"):
         text = readme.read_text()
         links = re.findall(r"\]\(([^)#\s]+)\)", text)
-        paths = re.findall(r"`((?:benchmark|registry|tasks|runners|leaderboard|tests|scripts|kernel_bench_data)/"
+        paths = re.findall(r"`((?:benchmark|registry|tasks|runners|leaderboard|tests|scripts)/"
                            r"[A-Za-z0-9_./-]+)`", text)
         missing = [link for link in [*links, *paths] if not link.startswith("http")
                    and not (readme.parent / link).exists() and not (REPO / link).exists()]
