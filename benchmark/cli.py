@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.quiet import quiet_libraries
 from registry import BenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kernel-bench: fine-tuning vs. its kernel analogs.")
@@ -90,17 +91,6 @@ def _validation_message(exc: ValidationError) -> str:
     return f"invalid {where}: {first['msg']}"
 
 
-def _quiet_libraries() -> None:
-    import logging
-
-    for name in ("mlflow", "alembic", "datasets", "transformers", "deepspeed", "httpx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def _click_exception_types() -> tuple[type[BaseException], ...]:
     """Click's exception base class, and typer's bundled copy of it (typer >= 0.22 vendors click)."""
     types: list[type[BaseException]] = []
@@ -140,7 +130,7 @@ def main() -> None:
     from benchmark.lifecycle import sigterm_as_interrupt
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
+    quiet_libraries()
     with sigterm_as_interrupt():
         _main()
 

@@ -47,7 +47,12 @@ def error_path(result: Path | None, rank: int) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run this rank's share of the run; returns the process exit code."""
+    from benchmark.quiet import quiet_libraries
     from runners.deepspeed import decode
+
+    # No model-loading bars or library INFO lines from any rank; of the suite's own bars, only rank 0's
+    # training bar is shown (the others are off on ranks > 0, or off because the launcher's pipe is no TTY).
+    quiet_libraries()
 
     args = parse_args(argv)
     config = RunConfig.model_validate(decode(args.config))

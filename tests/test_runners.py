@@ -230,7 +230,12 @@ def test_deepspeed_two_cpu_ranks_match_the_local_run(make_config, monkeypatch, c
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     config = make_config(batch_size=6)  # 8 train examples: batches of 6 and 2 (a short last batch)
     local = launch(config)
+    capsys.readouterr()
     distributed = launch(config, LaunchOptions(launcher="deepspeed", num_gpus=2))
+    shown = capsys.readouterr()
+    output = shown.out + shown.err
+    assert "train:" in output  # rank 0's training progress reaches the user
+    assert "Loading weights" not in output and "FutureWarning" not in output  # ranks stay quiet otherwise
     assert distributed.result.metrics == local.result.metrics
     assert distributed.result.predictions == local.result.predictions
     runs = experiment_runs(config)
