@@ -36,3 +36,17 @@ def test_grid_progress_bars_name_the_values(workspace, monkeypatch, capsys) -> N
                                        "--opt", "eval_every=2", "--grid", "lr=0.01,0.001"), monkeypatch, capsys)
     assert code == 0, err
     assert [d for d in descriptions if d.endswith("train")] == ["lr=0.01 train", "lr=0.001 train"]
+
+
+def test_deepspeed_first_run_note_only_before_the_op_is_compiled(tmp_path, monkeypatch, capsys) -> None:
+    from benchmark.cli import _deepspeed_first_run_note
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    _deepspeed_first_run_note()
+    err = capsys.readouterr().err
+    assert "compiles an op" in err and str(tmp_path / "ext") in err
+    built = tmp_path / "ext" / "deepspeed_shm_comm"
+    built.mkdir(parents=True)
+    (built / "deepspeed_shm_comm.so").write_bytes(b"")
+    _deepspeed_first_run_note()
+    assert capsys.readouterr().err == ""
