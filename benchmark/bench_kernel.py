@@ -55,17 +55,18 @@ def measure(fn: Callable[[], Any], device: torch.device) -> Measured:
     return Measured(wall, cpu, peak.peak_bytes, result)
 
 
-def random_roberta(seed: int, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:
-    """The random 4.5M-parameter RoBERTa-shaped masked LM (bert-tiny sizes, RoBERTa layout)."""
+def _random_roberta(seed: int, dtype: torch.dtype, *, vocab: int, hidden: int, layers: int, heads: int,
+                    intermediate: int, mask: int) -> tuple[torch.nn.Module, dict[str, int]]:
+    """A randomly initialised RoBERTa masked LM of the given sizes (eager attention), and its special ids."""
     from transformers import RobertaConfig, RobertaForMaskedLM
 
     torch.manual_seed(seed)
     config = RobertaConfig(
-        vocab_size=30522,
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=512,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
         max_position_embeddings=514,
         type_vocab_size=1,
         pad_token_id=1,
@@ -74,29 +75,17 @@ def random_roberta(seed: int, dtype: torch.dtype) -> tuple[torch.nn.Module, dict
         attn_implementation="eager",
     )
     model = RobertaForMaskedLM(config).to(dtype).eval()
-    return model, {"vocab": 30522, "pad": 1, "bos": 0, "eos": 2, "mask": 4, "first": 5}
+    return model, {"vocab": vocab, "pad": 1, "bos": 0, "eos": 2, "mask": mask, "first": 5}
+
+
+def random_roberta(seed: int, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:
+    """The random 4.5M-parameter RoBERTa-shaped masked LM (bert-tiny sizes, RoBERTa layout)."""
+    return _random_roberta(seed, dtype, vocab=30522, hidden=128, layers=2, heads=2, intermediate=512, mask=4)
 
 
 def roberta_base(seed: int, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:
     """A random masked LM of roberta-base's shape (124.7M parameters) from a `RobertaConfig`, no download."""
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
-    torch.manual_seed(seed)
-    config = RobertaConfig(
-        vocab_size=50265,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        attn_implementation="eager",
-    )
-    model = RobertaForMaskedLM(config).to(dtype).eval()
-    return model, {"vocab": 50265, "pad": 1, "bos": 0, "eos": 2, "mask": 50264, "first": 5}
+    return _random_roberta(seed, dtype, vocab=50265, hidden=768, layers=12, heads=12, intermediate=3072, mask=50264)
 
 
 def local_model(path: str, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, int]]:

@@ -12,38 +12,27 @@ options live with the runner, outside `RunConfig`::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import model_validator
 
 from benchmark.config import RunConfig
 from benchmark.run import RunOutcome
 from runners.base import RUNNERS, Runner, make_runner, parse_launch_opts, runner_options, sweep_runner
+from runners.deepspeed import DeepSpeedOptions
 
 
-class LaunchOptions(BaseModel):
-    """Where and how to run: ``local`` (this process, CPU or one GPU) or ``deepspeed`` (N processes per node)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class LaunchOptions(DeepSpeedOptions):
+    """Where and how to run: ``local`` (this process, CPU or one GPU) or ``deepspeed`` (its options, inherited)."""
 
     launcher: Literal["local", "deepspeed"] = "local"
-    num_gpus: int | None = Field(
-        default=None, ge=1, description="processes per node (default: every visible GPU, 1 on CPU)"
-    )
-    num_nodes: int = Field(default=1, ge=1, description="nodes (needs a hostfile when > 1)")
-    hostfile: Path | None = Field(default=None, description="DeepSpeed hostfile ('host slots=N' per line)")
-    deepspeed_config: Path | None = Field(
-        default=None, description="DeepSpeed JSON config, or a bundled name: zero0, zero1, zero2 (default)"
-    )
-    master_port: int | None = Field(default=None, ge=1, le=65535, description="rendezvous port (default: a free one)")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description="bf16 / fp16 need GPUs")
 
     @model_validator(mode="after")
     def _local_takes_no_launcher_options(self) -> LaunchOptions:
         if self.launcher == "local":
             extra = (self.num_gpus not in (None, 1) or self.num_nodes != 1 or self.hostfile is not None
-                     or self.deepspeed_config is not None or self.precision != "fp32")
+                     or self.deepspeed_config is not None or self.precision != "fp32"
+                     or self.node_rank is not None or self.master_addr is not None)
             if extra:
                 raise ValueError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config/--precision need "
                                  "--launcher deepspeed")
