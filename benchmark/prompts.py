@@ -200,10 +200,15 @@ def register_task_templates() -> None:
     """
     registry.load_builtins()
     templates = registry.TEMPLATES
+    # `registered` does not discover plugins: the task templates are built-ins and go in first, so a plugin
+    # template of the same name is refused (an error naming it) rather than silently taking their place.
     for name in registry.TASKS.names():
-        if name in templates:
+        if templates.registered(name):
             continue
-        task = registry.TASKS.get(name)
+        try:
+            task = registry.TASKS.get(name)
+        except BenchError:  # a broken plugin task (already reported in one warning line) has no template
+            continue
         templates.add(
             name,
             TemplateSpec(
@@ -214,7 +219,7 @@ def register_task_templates() -> None:
             ),
         )
     for name, template, description in _ALTERNATES:
-        if name not in templates:
+        if not templates.registered(name):
             templates.add(name, TemplateSpec(name=name, template=template, description=description))
 
 

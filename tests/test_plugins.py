@@ -83,7 +83,7 @@ def test_plugin_task_and_method_via_entry_points(tmp_path: Path) -> None:
 
 
 BAD_PLUGIN = '''
-from registry import BackboneSpec, TaskSpec
+from registry import BackboneSpec, TaskSpec, TemplateSpec
 from benchmark.methods.baselines import ZeroShot
 
 
@@ -95,6 +95,7 @@ NOT_A_SPEC = {"name": "dict-task"}
 OTHER_NAME = BackboneSpec(name="real-name", path="x/y")
 MR_AGAIN = TaskSpec(name="mr", display_name="MR again", labels=("0", "1"), template="*cls**sent_0**mask*.*sep+*",
                     label_words={"0": "bad", "1": "good"})
+SST2_AGAIN = TemplateSpec(name="sst2", template="*cls**sent_0*_Awful*mask*.*sep+*")
 '''
 
 
@@ -109,7 +110,8 @@ def test_bad_plugins_are_one_warning_each_and_never_replace_builtins(tmp_path: P
         "[kernel_bench.methods]\nft-adam = kb_bad_plugin:FakeAdam\n\n"
         "[kernel_bench.tasks]\nmr = kb_bad_plugin:MR_AGAIN\ndict-task = kb_bad_plugin:NOT_A_SPEC\n"
         "gone = kb_missing_module:TASK\n\n"
-        "[kernel_bench.backbones]\nalias-name = kb_bad_plugin:OTHER_NAME\n"
+        "[kernel_bench.backbones]\nalias-name = kb_bad_plugin:OTHER_NAME\n\n"
+        "[kernel_bench.templates]\nsst2 = kb_bad_plugin:SST2_AGAIN\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "COLUMNS": "250"}
@@ -135,5 +137,8 @@ def test_bad_plugins_are_one_warning_each_and_never_replace_builtins(tmp_path: P
     assert ran.returncode == 2
     assert "method 'ft-adam' is registered twice: by plugin kb-bad-plugin 0.3" in ran.stderr
     assert "and the built-in one" in ran.stderr and "Traceback" not in ran.stderr
+    listed = run("list", "templates")  # a plugin template cannot take a built-in task template's name
+    assert listed.returncode == 0, listed.stderr
+    assert "template 'sst2' is registered twice: by plugin kb-bad-plugin 0.3" in listed.stderr
     described = run("describe", "zero-shot")  # commands that do not need the broken entries keep working
     assert described.returncode == 0 and "zero-shot (baseline)" in described.stdout
