@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+from tests.plugin_site import install_plugin
 
 PLUGIN = '''
 from registry import TaskSpec, LocalSource
@@ -44,21 +44,13 @@ class Majority(Method):
 
 
 def test_plugin_task_and_method_via_entry_points(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "kb_toy_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "kb_toy_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-toy-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[kernel_bench.tasks]\ntoy-sentiment = kb_toy_plugin:TOY_TASK\n\n"
-        "[kernel_bench.methods]\nmajority = kb_toy_plugin:Majority\n"
-    )
+    env = install_plugin(tmp_path / "site", "kb_toy_plugin", "0.1", PLUGIN,
+                         "[kernel_bench.tasks]\ntoy-sentiment = kb_toy_plugin:TOY_TASK\n\n"
+                         "[kernel_bench.methods]\nmajority = kb_toy_plugin:Majority\n")
     data = tmp_path / "data" / "original" / "toy"
     data.mkdir(parents=True)
     (data / "train.csv").write_text("".join(f"{i % 2},sentence number {i}\n" for i in range(21)))
     (data / "test.csv").write_text("".join(f"{i % 3 == 0:d},test sentence {i}\n" for i in range(9)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     bench = [sys.executable, "-c", "from benchmark.cli import main; main()"]
 
     listed = subprocess.run([*bench, "list", "tasks"], env=env, capture_output=True, text=True, timeout=120)
@@ -100,21 +92,14 @@ SST2_AGAIN = TemplateSpec(name="sst2", template="*cls**sent_0*_Awful*mask*.*sep+
 
 
 def test_bad_plugins_are_one_warning_each_and_never_replace_builtins(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "kb_bad_plugin.py").write_text(textwrap.dedent(BAD_PLUGIN))
-    dist = site / "kb_bad_plugin-0.3.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-bad-plugin\nVersion: 0.3\n")
-    (dist / "entry_points.txt").write_text(
+    env = install_plugin(tmp_path / "site", "kb_bad_plugin", "0.3", BAD_PLUGIN, (
         "[kernel_bench.methods]\nft-adam = kb_bad_plugin:FakeAdam\n\n"
         "[kernel_bench.tasks]\nmr = kb_bad_plugin:MR_AGAIN\ndict-task = kb_bad_plugin:NOT_A_SPEC\n"
         "gone = kb_missing_module:TASK\n\n"
         "[kernel_bench.backbones]\nalias-name = kb_bad_plugin:OTHER_NAME\n\n"
         "[kernel_bench.templates]\nsst2 = kb_bad_plugin:SST2_AGAIN\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "COLUMNS": "250"}
+    ))
+    env["COLUMNS"] = "250"
     bench = [sys.executable, "-c", "from benchmark.cli import main; main()"]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from registry import BenchError
 from runners import RUNNERS, Runner, make_runner, parse_launch_opts
 from runners.deepspeed import DeepSpeedOptions, DeepSpeedRunner
 from runners.local import LocalRunner
+from tests.plugin_site import install_plugin
 from tests.test_cli_e2e import invoke, write_mr_fixture
 
 PLUGIN = '''
@@ -92,14 +91,8 @@ def test_cli_launch_flags_errors_are_one_line(monkeypatch, capsys, tmp_path: Pat
 
 
 def test_plugin_runner_via_entry_points(tmp_path: Path, tiny_bert_dir: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "kb_note_runner.py").write_text(textwrap.dedent(PLUGIN))
-    dist = site / "kb_note_runner-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-note-runner\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[kernel_bench.runners]\nnote = kb_note_runner:NoteRunner\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = install_plugin(tmp_path / "site", "kb_note_runner", "0.1", PLUGIN,
+                         "[kernel_bench.runners]\nnote = kb_note_runner:NoteRunner\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [sys.executable, "-c", "from benchmark.cli import main; main()", "run", "--task", "mr",
             "--method", "zero-shot", "--backbone", str(tiny_bert_dir), "--k", "4",
