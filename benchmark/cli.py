@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.quiet import quiet_libraries
-from registry import BenchError
+from registry import BenchError, first_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kernel-bench: fine-tuning vs. its kernel analogs.")
 console = Console()
@@ -86,9 +86,8 @@ def parse_seeds(values: list[str]) -> list[int]:
 
 
 def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
-    return f"invalid {where}: {first['msg']}"
+    where, message = first_error(exc, "config")
+    return f"invalid {where}: {message}"
 
 
 def _click_exception_types() -> tuple[type[BaseException], ...]:

@@ -64,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from benchmark.bundled import resolve_data_dir
 from benchmark.config import LMBFF_SEEDS, RunConfig
-from registry import BenchError
+from registry import BenchError, first_error
 from registry.specs import read_text_file
 
 CellStatus = Literal["pending", "done", "skipped", "running", "failed", "elsewhere", "waiting", "not run"]
@@ -202,9 +202,7 @@ def validate_spec(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "sweep"
-        message = first["msg"].removeprefix("Value error, ")
+        where, message = first_error(exc, "sweep")
         raise BenchError(f"{source}: invalid {where}: {message}") from None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from registry.errors import BenchError
+from registry.errors import BenchError, first_error
 from registry.registry import Registry
 from registry.specs import BackboneSpec, HubSource, LocalSource, TaskSpec, TemplateSpec, load_task_file
 
@@ -95,6 +95,7 @@ __all__ = [
     "Registry",
     "TaskSpec",
     "TemplateSpec",
+    "first_error",
     "load_builtins",
     "load_task_file",
     "register_backbone",

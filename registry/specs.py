@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from registry.errors import BenchError
+from registry.errors import BenchError, first_error
 
 
 class _Spec(BaseModel):
@@ -168,6 +168,5 @@ def load_task_file(path: str | Path) -> TaskSpec:
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "task"
-        raise BenchError(f"task file '{path}' is invalid at '{where}': {first['msg']}") from exc
+        where, message = first_error(exc, "task")
+        raise BenchError(f"task file '{path}' is invalid at '{where}': {message}") from exc

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from benchmark.config import RunConfig
 from benchmark.run import RunOutcome
-from registry import BenchError, Registry
+from registry import BenchError, Registry, first_error
 
 
 @runtime_checkable
@@ -65,10 +65,8 @@ def runner_options(name: str, options: dict[str, Any]) -> BaseModel:
     try:
         return cls.Options.model_validate(options)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "options"
+        key, message = first_error(exc, "options")
         known = ", ".join(cls.Options.model_fields) or "none"
-        message = first["msg"].removeprefix("Value error, ")
         raise BenchError(f"--launch-opt {key}: {message} (launcher '{cls.name}' takes: {known})") from None
 
 

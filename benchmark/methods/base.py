@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from registry import BenchError, TaskSpec
+from registry import BenchError, TaskSpec, first_error
 
 if TYPE_CHECKING:
     import torch
@@ -102,6 +102,12 @@ class Method:
     binary_default: ClassVar[bool] = False
     #: Whether the method reads the backbone (then its tokenizer is loaded up front to check the prompt).
     uses_backbone: ClassVar[bool] = True
+    #: The method this one is the kernel analog of (``ntk-sgd`` -> ``ft-sgd``): the leaderboard pairs them.
+    analog_of: ClassVar[str | None] = None
+    #: Where the method sits in tables (lower first); ties go by name.
+    display_order: ClassVar[int] = 1000
+    #: Options a sweep sets for this method unless the sweep gives them (e.g. diagnostics for fine-tuning).
+    sweep_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options
@@ -112,11 +118,10 @@ class Method:
         try:
             options = cls.Options.model_validate(config.options)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "options"
+            where, message = first_error(exc, "options")
             known = ", ".join(cls.Options.model_fields) or "none"
             raise BenchError(
-                f"bad option '{where}' for method '{cls.name}': {first['msg']} (options: {known})"
+                f"bad option '{where}' for method '{cls.name}': {message} (options: {known})"
             ) from exc
         return cls(options)
 

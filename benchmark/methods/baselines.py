@@ -24,6 +24,7 @@ class ZeroShot(Method):
     name = "zero-shot"
     summary = "prompt-based zero-shot: argmax of the label words' MLM logits"
     family = "baseline"
+    display_order = 0
 
     def check(self, run: ResolvedRun) -> None:
         """Zero-shot scores label words: it needs a prompt."""
@@ -73,6 +74,7 @@ class LinearProbe(Method):
     name = "linear-probe"
     summary = "logistic regression on the mask / [CLS] hidden state (scikit-learn)"
     family = "baseline"
+    display_order = 10
     Options = LinearProbeOptions
 
     def run(self, ctx: RunContext) -> RunResult:

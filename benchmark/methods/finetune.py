@@ -40,7 +40,7 @@ from benchmark.training import (
     snapshot,
     train_model,
 )
-from registry import BenchError, register_method
+from registry import BenchError, first_error, register_method
 
 if TYPE_CHECKING:
     from benchmark.resolve import ResolvedRun
@@ -98,8 +98,8 @@ class FinetuneOptions(TrainingOptions):
             try:
                 points.append(type(self).model_validate({**base, **point}))
             except ValidationError as exc:
-                first = exc.errors()[0]
-                raise ValueError(f"grid point {point}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                where, message = first_error(exc)
+                raise ValueError(f"grid point {point}: {where}: {message}") from None
         return points
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -247,6 +247,7 @@ class Finetune(Method):
     family = "finetune"
     optimizer: ClassVar[str]
     lora: ClassVar[bool] = False
+    sweep_defaults: ClassVar[dict[str, Any]] = {"diagnostics": True}
 
     def check(self, run: ResolvedRun) -> None:
         """The linear-probe head init exists for standard ([CLS]-head) inputs only."""
@@ -357,6 +358,7 @@ class FtAdam(Finetune):
     summary = "full fine-tuning with AdamW (LM-BFF protocol: 1000 steps, best dev checkpoint)"
     Options = AdamOptions
     optimizer = "adam"
+    display_order = 40
 
 
 @register_method("ft-sgd")
@@ -367,6 +369,7 @@ class FtSgd(Finetune):
     summary = "full fine-tuning with SGD, no momentum (LM-BFF protocol)"
     Options = SgdOptions
     optimizer = "sgd"
+    display_order = 20
 
 
 @register_method("lora-adam", aliases=("lora",))
@@ -378,6 +381,7 @@ class LoraAdam(Finetune):
     Options = LoraAdamOptions
     optimizer = "adam"
     lora = True
+    display_order = 100
 
 
 @register_method("lora-sgd")
@@ -389,3 +393,4 @@ class LoraSgd(Finetune):
     Options = LoraSgdOptions
     optimizer = "sgd"
     lora = True
+    display_order = 80

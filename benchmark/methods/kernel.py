@@ -361,6 +361,8 @@ class NtkSgd(KernelMethod):
     name = "ntk-sgd"
     summary = "eNTK of SGD, <grad f(x), grad f(x')>, + kernel solver (lstsq)"
     formula = "sgd"
+    analog_of = "ft-sgd"
+    display_order = 30
 
 
 @register_method("ntk-signgd")
@@ -370,6 +372,7 @@ class NtkSignGd(KernelMethod):
     name = "ntk-signgd"
     summary = "SignGD kernel, <sign grad f(x), sign grad f(x')>, + kernel solver (lstsq)"
     formula = "signgd"
+    display_order = 70
 
 
 @register_method("ntk-adam")
@@ -379,6 +382,8 @@ class NtkAdam(KernelMethod):
     name = "ntk-adam"
     summary = "A-SignGD kernel (Adam analog), <sign grad f(x_i), grad f(x)>, + asymmetric LS-SVM"
     formula = "asym"
+    analog_of = "ft-adam"
+    display_order = 50
 
 
 @register_method("lora-ntk-sgd")
@@ -390,6 +395,8 @@ class LoraNtkSgd(KernelMethod):
     formula = "sgd"
     lora = True
     Options = LoraKernelOptions
+    analog_of = "lora-sgd"
+    display_order = 90
 
 
 @register_method("lora-ntk-adam")
@@ -401,3 +408,5 @@ class LoraNtkAdam(KernelMethod):
     formula = "asym"
     lora = True
     Options = LoraKernelOptions
+    analog_of = "lora-adam"
+    display_order = 110
