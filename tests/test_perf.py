@@ -51,13 +51,21 @@ def test_perf_kernel_on_a_saved_model_agrees_with_the_reference(tiny_bert_dir, m
     assert "one-pass floor" not in out
 
 
+def test_perf_kernel_without_error_check_or_reference(tiny_bert_dir, monkeypatch, capsys) -> None:
+    code, out, err = invoke(["perf", "kernel", "--model", str(tiny_bert_dir), "--n-train", "1", "--n-eval", "2",
+                             "--seq-len", "8", "--error-sub", "0", "--no-reference"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "error vs float64" not in out and "reference strategy" not in out and "fast / floor" in out
+
+
 def test_perf_kernel_extrapolates_the_reference_from_two_subsets(tiny_bert_dir, monkeypatch, capsys) -> None:
     code, out, err = invoke(
         ["perf", "kernel", "--model", str(tiny_bert_dir), "--n-train", "1", "--n-eval", "6", "--seq-len", "10",
-         "--ref-eval", "4", "--error-sub", "0", "--no-floor"], monkeypatch, capsys)
+         "--ref-eval", "4", "--error-sub", "5", "--no-floor"], monkeypatch, capsys)
     assert code == 0, err
     assert "EXTRAPOLATED to 6 eval examples along the line through measurements on 1 " in out
-    assert "and 4 (CPU" in out and "error vs float64" not in out
+    assert "and 4 (CPU" in out
+    assert _number(r"error vs float64 on the first 1 x 5 block .*: sgd " + NUMBER, out) <= 1e-6
 
 
 def test_roberta_base_preset_has_roberta_base_shape() -> None:

@@ -85,11 +85,11 @@ def run_kernel_bench(options: KernelBenchOptions, echo: Callable[[str], None] = 
              f"{floor.forward:.2f}, reverse {floor.reverse:.2f}, product {floor.gemm:.2f}); "
              f"fast / floor = {ratio(fast.cpu, floor.total):.2f}x")
     if options.error_sub and dtype != torch.float64:
-        n = options.error_sub
-        errors = float64_error(mlm, words, C == 1, first_examples(train, n), first_examples(evals, n), fast.result,
-                               formulas, options.params)
+        n_a, n_b = min(options.error_sub, options.n_train), min(options.error_sub, options.n_eval)
+        errors = float64_error(mlm, words, C == 1, first_examples(train, n_a), first_examples(evals, n_b),
+                               fast.result, formulas, options.params)
         shown = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
-        echo(f"  error vs float64 on the first {n} x {n} block (max |diff| / max |kernel|): {shown}")
+        echo(f"  error vs float64 on the first {n_a} x {n_b} block (max |diff| / max |kernel|): {shown}")
 
     agree = True
     if options.reference:
