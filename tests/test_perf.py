@@ -122,3 +122,16 @@ def test_perf_model_directory_without_config_is_one_line(tmp_path, monkeypatch, 
     (tmp_path / "empty").mkdir()
     code, _out, err = invoke(["perf", "train", "--model", str(tmp_path / "empty")], monkeypatch, capsys)
     assert code == 2 and "has no config.json" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_perf_kernel_roberta_base_preset_end_to_end(monkeypatch, capsys) -> None:
+    """The 124.7M-parameter preset really runs (about 2 GB of memory, tens of seconds on one thread)."""
+    code, out, err = invoke(
+        ["perf", "kernel", "--preset", "roberta-base", "--n-train", "1", "--n-eval", "2", "--seq-len", "8",
+         "--no-reference", "--error-sub", "1", "--memory-budget", "8GiB"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "model: random RoBERTa-shaped (roberta-base) (124.70M parameters, 85.65M dense non-embedding)" in out
+    assert _number(r"error vs float64 on the first 1 x 1 block .*: sgd " + NUMBER, out) <= 1e-6
+    assert _number(r"fast / floor = " + NUMBER + "x", out) > 0
+    assert "roberta-base measured directly above (no estimate)" in out
