@@ -232,3 +232,23 @@ def test_shorthand_flags_are_validated_by_the_runners_own_options():
                                          r"key=value: partition, timeout_min"):
         make_runner("slurm", shorthands={"num_gpus": 2})
     assert make_runner("local", shorthands={"num_gpus": None, "num_nodes": None}).name == "local"
+
+
+@pytest.mark.slow  # a worker process: DeepSpeed's import and gloo start-up
+def test_a_worker_whose_resolution_differs_from_the_launchers_refuses_to_run(resolved, tmp_path, mlflow_uri):
+    """The worker resolves the run in its own process; a config hash other than the launcher's (its model or
+    data differ on that node) is a user error before any training, reported through the rank's error file."""
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment(resolved.config.experiment)).info.run_id
+    result = tmp_path / "result.json"
+    args = ["--config", ds_runner.encode(resolved.config.model_dump(mode="json")), "--config-hash", "0" * 16,
+            "--run-id", run_id, "--deepspeed-config", ds_runner.encode({}), "--result", str(result)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(ds_runner.free_port())}
+    done = subprocess.run([sys.executable, "-m", "runners.worker", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = json.loads((tmp_path / "result.json.error-rank0").read_text())["error"]
+    assert error == (f"rank 0 resolved the run to config hash {resolved.config_hash()}, the launcher to "
+                     f"{'0' * 16}: its model or data differ on this node; give every node the same")
+    assert not result.exists()
