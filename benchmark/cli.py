@@ -284,7 +284,7 @@ CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for
 LauncherOpt = Annotated[str, typer.Option("--launcher", help="runner: local | deepspeed | slurm | a plugin's")]
 LaunchOptOpt = Annotated[list[str], typer.Option("--launch-opt", help="runner option key=value (repeatable)")]
 NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
-NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
+NumNodesOpt = Annotated[int | None, typer.Option("--num-nodes", help="nodes (deepspeed; default 1)")]
 HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
 DeepspeedConfigOpt = Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")]
 
@@ -388,7 +388,7 @@ def run_cmd(
     launcher: LauncherOpt = "local",
     launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
-    num_nodes: NumNodesOpt = 1,
+    num_nodes: NumNodesOpt = None,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     save_kernels: Annotated[bool, typer.Option("--save-kernels", help="kernel methods: log the kernels")] = False,
@@ -422,11 +422,14 @@ def run_cmd(
         for s in parse_seeds(seed)
     ]
     runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
-    if launcher == "deepspeed":
+    from benchmark.resolve import resolve_run
+
+    runs = [resolve_run(config) for config in configs]  # once, here: the runner and the engine take them as they are
+    if runner.name == "deepspeed":
         _deepspeed_first_run_note()
     outcomes = []
-    for config in configs:
-        outcome = runner.launch(config)
+    for config, run in zip(configs, runs, strict=True):
+        outcome = runner.launch(run)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
         console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
@@ -457,21 +460,14 @@ def _deepspeed_first_run_note() -> None:
                           highlight=False, soft_wrap=True)
 
 
-def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,
-            deepspeed_config: Path | None) -> Any:
-    """The runner for ``--launcher`` with its ``--launch-opt``s (and the DeepSpeed shorthand flags) validated."""
-    from runners import RUNNERS, make_runner, parse_launch_opts
+def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int | None,
+            hostfile: Path | None, deepspeed_config: Path | None) -> Any:
+    """The runner for ``--launcher``; its options (``--launch-opt``, the shorthand flags) are validated by it."""
+    from runners import make_runner, parse_launch_opts
 
-    options = parse_launch_opts(launch_opt)
-    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes if num_nodes != 1 else None, "hostfile": hostfile,
+    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes, "hostfile": hostfile,
                   "deepspeed_config": deepspeed_config}
-    given = {key: value for key, value in shorthands.items() if value is not None}
-    if given:
-        if RUNNERS.resolve_name(launcher) != "deepspeed":
-            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed "
-                             "(other launchers take --launch-opt key=value)")
-        options = {**given, **options}
-    return make_runner(launcher, options)
+    return make_runner(launcher, parse_launch_opts(launch_opt), shorthands=shorthands)
 
 
 @app.command("kernel")
@@ -637,7 +633,7 @@ def sweep_cmd(
     launcher: LauncherOpt = "local",
     launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
-    num_nodes: NumNodesOpt = 1,
+    num_nodes: NumNodesOpt = None,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmark import training
 from benchmark.config import RunConfig
+from benchmark.distribution import Distribution
 from benchmark.examples import Example
 from benchmark.methods import finetune
 from benchmark.methods.finetune import (
@@ -28,7 +29,6 @@ from benchmark.models import ClsHeadLogitModel, PromptLogitModel
 from benchmark.prompts import PromptEncoder
 from benchmark.run import execute
 from benchmark.training import (
-    DistContext,
     Shard,
     TrainingOptions,
     build_optimizer,
@@ -272,7 +272,7 @@ def test_batch_size_must_divide_across_ranks(bert_tok, encoder, splits):
     train, dev = splits
     with pytest.raises(BenchError, match="not divisible by the 3 processes"):
         train_model(prompt_model(bert_tok, encoder), train, dev, opts(), optimizer="adam", seed=0, device=CPU,
-                    dist=DistContext(rank=0, world_size=3))
+                    dist=Distribution(rank=0, world_size=3))
 
 
 # ------------------------------------------------------------------------------------ LoRA and head
@@ -500,7 +500,7 @@ def test_saved_lora_model_loads_back_for_diagnostics(run_config, tmp_path):
     ctx = RunContext(run=run, splits=splits, tracker=NullTracker(), device=CPU, work_dir=tmp_path)
     prepared = finetune.load_finetuned(ctx, Path(local))
     metrics, predicted = training.evaluate_split(prepared.model, prepared.encoded["test"], "test", batch_size=8,
-                                                 device=CPU, dist=DistContext(), report_f1=False)
+                                                 device=CPU, dist=Distribution(), report_f1=False)
     assert predicted == outcome.result.predictions["test"]
     assert metrics["test_acc"] == outcome.result.metrics["test_acc"]
     with pytest.raises(BenchError, match="not a saved fine-tuned model"):

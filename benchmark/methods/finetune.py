@@ -30,9 +30,9 @@ from benchmark.models import ClsHeadLogitModel, LogitModel, PromptLogitModel
 from benchmark.pipeline import Prepared, compute_features, prepare, use_binary
 from benchmark.training import (
     META_FILE,
-    DistContext,
     TrainingOptions,
     TrainResult,
+    check_global_batch,
     evaluate_split,
     load_weights,
     restore,
@@ -248,6 +248,13 @@ class Finetune(Method):
     optimizer: ClassVar[str]
     lora: ClassVar[bool] = False
     sweep_defaults: ClassVar[dict[str, Any]] = {"diagnostics": True}
+    distributed = True
+
+    def check_world_size(self, world_size: int) -> None:
+        """Every grid point's global batch must split evenly across the ranks."""
+        options: FinetuneOptions = self.options  # type: ignore[assignment]
+        for point in options.grid_points():
+            check_global_batch(point.batch_size, world_size)
 
     def check(self, run: ResolvedRun) -> None:
         """The linear-probe head init exists for standard ([CLS]-head) inputs only."""
@@ -267,11 +274,7 @@ class Finetune(Method):
         n_trainable = mark_trainable(model, lora=self.lora)
         if options.init_head == "linear-probe":
             init_head_from_probe(model, prepared, ctx, options.probe_c)
-        dist = DistContext(
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            deepspeed_config=ctx.deepspeed_config if ctx.launcher == "deepspeed" else None,
-        )
+        dist = ctx.distribution
         ctx.tracker.log_params({"optimizer": self.optimizer, "lora": self.lora, "trainable_parameters": n_trainable})
         fixed = {key: value for key, value in options.hyperparameters().items() if key not in options.grid}
         ctx.tracker.log_params({f"hp.{key}": value for key, value in fixed.items()})
@@ -333,7 +336,7 @@ class Finetune(Method):
             ctx.tracker.log_params({f"hp.{key}": getattr(chosen, key) for key in options.grid})
             params["grid_best"] = index
             params.update({f"grid.{key}": getattr(chosen, key) for key in options.grid})
-        if options.save_model and ctx.rank == 0:
+        if options.save_model and dist.rank == 0:
             meta = {
                 "method": self.name,
                 "backbone": ctx.config.backbone,

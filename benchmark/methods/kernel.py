@@ -113,6 +113,7 @@ class KernelMethod(Method):
     """Shared flow: prepare the logit model, compute (or load) kernels, select a solver on dev."""
 
     family = "kernel"
+    distributed = True  # the kernel engine splits its rows across the ranks
     formula: ClassVar[str]
     lora: ClassVar[bool] = False
     Options = KernelOptions
