@@ -16,6 +16,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from registry.errors import BenchError
 from registry.registry import Registry
 
 #: Output names are used in cache and file keys (``{split}_{output}``); ``logits`` is taken by f0.
@@ -94,8 +95,18 @@ def register_formula(spec: Formula) -> Formula:
 
 
 def get_formula(name: str) -> Formula:
-    """The registered formula ``name`` (aliases and case folded); unknown names raise `BenchError`."""
-    return FORMULAS.get(str(name))
+    """The registered formula ``name`` (aliases and case folded); unknown names raise `BenchError`.
+
+    A plugin's formula is found by its aliases too (entry points register only the name).
+    """
+    try:
+        return FORMULAS.get(str(name))
+    except BenchError:
+        key = str(name).strip().lower()
+        found = [spec for _, spec in FORMULAS.items() if key in (a.lower() for a in spec.aliases)]
+        if len(found) == 1:
+            return found[0]
+        raise
 
 
 register_formula(Formula(
