@@ -172,6 +172,14 @@ def test_bench_run_uses_a_plugin_formula_and_solver(plugin, ws, monkeypatch, cap
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions.json", ws["tmp"])).read_text())
     assert logged["test"] == predicted.tolist()
 
+    # the built-in method of the same cell reuses the pass (the formula option is not part of the kernel key)
+    code, _, err = invoke(_run(ws), monkeypatch, capsys)
+    assert code == 0, err
+    runs = client.search_runs([client.get_experiment_by_name("kernel-bench").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert runs[1].data.params["result.formula"] == "sgd" and runs[1].data.metrics["kernel_cache_hit"] == 1.0
+    assert runs[1].data.tags["config_hash"] != run.data.tags["config_hash"]
+
     # a solver that needs an output the formula lacks is refused before anything is computed
     code, _, err = invoke(_run(ws, "--opt", "formula=evalsign", "--opt", "solver=asym"), monkeypatch, capsys)
     assert code == 2 and "needs the kernel output(s) 'flipped'" in err and "formulas with it: asym" in err

@@ -45,7 +45,11 @@ Several processes. When ``torch.distributed`` is initialised, the work units (gr
 batches, diagonal blocks, off-diagonal pieces) are dealt to the ranks by their position in the
 kernel, the same in every pass; each rank fills its entries, and the accumulators are summed with
 ``all_reduce``. Every entry is computed by exactly one rank in the one-process order, and all ranks
-agree on one plan (the smallest budget), so the result is the one-process result, bit for bit.
+agree on one plan (the smallest budget), so the result is the one-process result, bit for bit
+(`benchmark.kernels.distributed`).
+
+This module plans the passes and drives them; the work of one pass (reverse passes, assembly,
+store, stream, diagonal blocks) is `benchmark.kernels.passes`.
 """
 
 from __future__ import annotations

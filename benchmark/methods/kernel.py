@@ -246,6 +246,7 @@ class KernelMethod(Method):
         for name in ("method", "method_extra", "batch_size"):
             identity.pop(name)
         identity["options"] = options.identity(exclude_roles=(MEASUREMENT, SOLVER))
+        identity["options"].pop("formula", None)  # the key names the formula below: siblings share one pass
         return {
             "run": identity,
             "formula": get_formula(formula).name,
