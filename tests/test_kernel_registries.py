@@ -182,7 +182,8 @@ def test_bench_run_uses_a_plugin_formula_and_solver(plugin, ws, monkeypatch, cap
 
     # a solver that needs an output the formula lacks is refused before anything is computed
     code, _, err = invoke(_run(ws, "--opt", "formula=evalsign", "--opt", "solver=asym"), monkeypatch, capsys)
-    assert code == 2 and "needs the kernel output(s) 'flipped'" in err and "formulas with it: asym" in err
+    assert code == 2 and "needs the kernel output(s) 'flipped', which formula 'evalsign' does not" in err
+    assert "formulas with it: asym" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- strategies

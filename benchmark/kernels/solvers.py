@@ -170,14 +170,15 @@ def register_solver(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[S]
     return SOLVERS.register(name, aliases=aliases)
 
 
-def missing_outputs_message(solver: str, missing: list[str]) -> str:
+def missing_outputs_message(solver: str, missing: list[str], formula: str | None = None) -> str:
     """Why solver ``solver`` cannot run without the kernel outputs ``missing``, and which formulas have them."""
     from registry.formulas import FORMULAS
 
     having = [name for name, f in FORMULAS.items() if set(missing) <= set(f.output_names)]
     where = f" (formulas with it: {', '.join(having)})" if having else ""
-    return (f"solver '{solver}' needs the kernel output(s) {', '.join(repr(m) for m in missing)}, which this "
-            f"formula does not produce{where}; choose another solver or formula")
+    which = f"formula '{formula}'" if formula else "this formula"
+    return (f"solver '{solver}' needs the kernel output(s) {', '.join(repr(m) for m in missing)}, which {which} "
+            f"does not produce{where}; choose another solver or formula")
 
 
 class KernelSolver:

@@ -149,8 +149,7 @@ class KernelMethod(Method):
         solver = get_solver(self.solver_name)
         missing = [name for name in solver.needs if name not in spec.output_names]
         if missing:
-            raise BenchError(missing_outputs_message(solver.name, missing).replace("this formula",
-                                                                                 f"formula '{spec.name}'"))
+            raise BenchError(missing_outputs_message(solver.name, missing, spec.name))
         params_predicate(options.params)  # type: ignore[attr-defined]
         if options.memory_budget is not None:  # type: ignore[attr-defined]
             parse_bytes(options.memory_budget)  # type: ignore[attr-defined]
