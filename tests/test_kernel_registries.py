@@ -36,9 +36,12 @@ from tests.test_kernels import _data, assert_close, assert_sign_close, explicit_
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PLUGIN = '''
+import dataclasses
+
 import torch
 
 from benchmark.kernels.solvers import KernelSolver, flatten, target_matrix
+from benchmark.kernels.strategies import Strategy, get_strategy
 from registry.formulas import Formula, KernelOutput
 
 # sign on the eval side only: <g(x_train), sign g(x)>
@@ -66,9 +69,19 @@ class Centroid(KernelSolver):
         self._check_predict(split)
         k = flatten(split.kernel).t()
         return (k @ self.weights - k @ self.rest).reshape(split.n, self.num_outputs)
+
+
+def _small_fast(model, selection, batches_a, targets, combos, args):
+    """The fast strategy under a fixed 64 MiB budget."""
+    fast = get_strategy("fast")
+    return fast.compute(model, selection, batches_a, targets, combos, dataclasses.replace(args, memory_budget="64MiB"))
+
+
+SMALL_FAST = Strategy("small-fast", _small_fast, refuses={"memory_budget": "its budget is fixed at 64 MiB"})
 '''
 ENTRY_POINTS = ("[kernel_bench.formulas]\nevalsign = {m}:EVAL_SIGN\n\n"
-                "[kernel_bench.solvers]\ncentroid = {m}:Centroid\n")
+                "[kernel_bench.solvers]\ncentroid = {m}:Centroid\n\n"
+                "[kernel_bench.strategies]\nsmall-fast = {m}:SMALL_FAST\n")
 
 
 @pytest.fixture()
@@ -78,7 +91,7 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     install_plugin(tmp_path / "site", module, "0.2", PLUGIN, ENTRY_POINTS.format(m=module))
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
-    for reg in (FORMULAS, SOLVERS):  # rediscover, and forget the plugin afterwards
+    for reg in (FORMULAS, SOLVERS, STRATEGIES):  # rediscover, and forget the plugin afterwards
         for attr in ("_objects", "_aliases", "_origins", "_broken"):
             monkeypatch.setattr(reg, attr, dict(getattr(reg, attr)))
         monkeypatch.setattr(reg, "_plugins_loaded", False)
@@ -108,6 +121,12 @@ def test_plugin_formula_equals_explicit_autograd(plugin, bert, monkeypatch) -> N
     assert_close(out["aa"]["evalsign"], torch.einsum("ncp,mdp->ncmd", ga, ga.sign()), 1e-8)
     ref = empirical_ntk(model, a, b, formula="evalsign", strategy="reference", progress=False)
     assert_close(ref, expected, 1e-8)
+    stats: dict = {}  # a plugin strategy from the same distribution
+    small = empirical_ntk(model, a, b, formula="evalsign", strategy="small-fast", progress=False, stats=stats)
+    assert_close(small, expected, 1e-8)
+    assert stats["budget"] == 64 * 2**20
+    with pytest.raises(BenchError, match="kernel strategy 'small-fast' does not take memory_budget"):
+        empirical_ntk(model, a, b, strategy="small-fast", memory_budget="1GiB", progress=False)
 
 
 def test_formula_outputs_name_the_kernels(bert) -> None:
