@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.grids import GRID_FLAGS
 from benchmark.quiet import quiet_libraries
 from registry import BenchError, first_error
 
@@ -35,23 +36,45 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_options(opts: list[str], grid: list[str]) -> dict[str, Any]:
-    """``--opt key=value`` and ``--grid key=v1,v2`` pairs as a method-options dict."""
+def parse_options(
+    opts: list[str], train_grid: list[str] = [], solver_grid: list[str] = []  # noqa: B006
+) -> dict[str, Any]:
+    """``--opt key=value``, ``--train-grid key=v1,v2`` and ``--solver-grid key=v1,v2`` as a method-options dict."""
     options: dict[str, Any] = {}
     for item in opts:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise BenchError(f"--opt expects key=value, got '{item}'")
         options[key.strip().replace("-", "_")] = parse_value(value.strip())
-    if grid:
-        grid_values: dict[str, list[Any]] = {}
-        for item in grid:
-            key, sep, values = item.partition("=")
-            if not sep or not key.strip() or not values.strip():
-                raise BenchError(f"--grid expects key=v1,v2,..., got '{item}'")
-            grid_values[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
-        options["grid"] = grid_values
+    for name, items in (("train_grid", train_grid), ("solver_grid", solver_grid)):
+        if items:
+            options[name] = parse_grid(items, GRID_FLAGS[name])
     return options
+
+
+def parse_grid(items: list[str], flag: str) -> dict[str, list[Any]]:
+    """``key=v1,v2`` items (of ``flag``) as ``{key: [v1, v2]}``, in the order given."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise BenchError(f"{flag} expects key=v1,v2,..., got '{item}'")
+        grid[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def check_grid_flags(method: str, options: dict[str, Any]) -> None:
+    """A `--train-grid` / `--solver-grid` for a method without that option: one line naming the flag it takes."""
+    from registry import METHODS, load_builtins
+
+    load_builtins()
+    cls = METHODS.get(method)
+    fields = cls.Options.model_fields
+    for name, flag in GRID_FLAGS.items():
+        if name in options and name not in fields:
+            others = [f"{other} key=v1,v2" for key, other in GRID_FLAGS.items() if key in fields]
+            hint = f"use {others[0]}" if others else "make one run per value with bench sweep --grid key=v1,v2"
+            raise BenchError(f"method '{cls.name}' has no {flag} (no option '{name}'); {hint}")
 
 
 def parse_label_words(text: str | None) -> tuple[str, ...] | dict[str, str] | None:
@@ -241,7 +264,7 @@ def option_rows(method: Any) -> list[tuple[str, str, str, str]]:
 
 @app.command("describe")
 def describe_cmd(method: Annotated[str, typer.Argument(help="registered method name or alias")]) -> None:
-    """Show a method's options (``--opt key=value``, ``--grid key=v1,v2``) with their types and defaults."""
+    """Show a method's options (``--opt key=value``, ``--train-grid`` / ``--solver-grid key=v1,v2``) and defaults."""
     from registry import METHODS, load_builtins
 
     load_builtins()
@@ -379,7 +402,11 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="evaluation batch size")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
-    grid: Annotated[list[str], typer.Option("--grid", help="hyper-parameter grid key=v1,v2 (repeatable)")] = [],  # noqa: B006
+    train_grid: Annotated[list[str], typer.Option(
+        "--train-grid", help="fine-tuning: in-run search key=v1,v2, best dev kept (repeatable)")] = [],  # noqa: B006
+    solver_grid: Annotated[list[str], typer.Option(
+        "--solver-grid", help="kernel methods: solver settings key=v1,v2 tried on dev (repeatable)")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option("--grid", hidden=True, help="a bench sweep flag")] = [],  # noqa: B006
     tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
@@ -402,7 +429,11 @@ def run_cmd(
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
-    options = parse_options(opt, grid)
+    if grid:
+        raise BenchError("bench run has no --grid (a bench sweep flag: one run per value); inside one run use "
+                         "--train-grid key=v1,v2 (fine-tuning) or --solver-grid key=v1,v2 (kernel solver settings)")
+    options = parse_options(opt, train_grid, solver_grid)
+    check_grid_flags(method, options)
     if save_kernels:
         options["save_kernels"] = True
     if diagnostics:
@@ -765,7 +796,8 @@ def diagnose_cmd(
     theta_0 is rebuilt from the run's config (same seed and head init) and theta_FT is loaded from its
     saved weights (``--opt save_model=true``); the metrics and diagnostics.json are logged into the run.
     """
-    from benchmark.diagnostics import diagnose_run, format_diagnostics
+    from benchmark.diagnostics import format_diagnostics
+    from benchmark.finetuned import diagnose_run
 
     diag = diagnose_run(run_id, tracking_uri=tracking_uri, log=log)
     for line in format_diagnostics(diag):
