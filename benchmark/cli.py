@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.grids import GRID_FLAGS
+from benchmark.grids import GRID_FLAGS, refuse_missing_grid
 from benchmark.quiet import quiet_libraries
 from registry import BenchError, first_error
 
@@ -61,20 +61,6 @@ def parse_grid(items: list[str], flag: str) -> dict[str, list[Any]]:
             raise BenchError(f"{flag} expects key=v1,v2,..., got '{item}'")
         grid[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
     return grid
-
-
-def check_grid_flags(method: str, options: dict[str, Any]) -> None:
-    """A `--train-grid` / `--solver-grid` for a method without that option: one line naming the flag it takes."""
-    from registry import METHODS, load_builtins
-
-    load_builtins()
-    cls = METHODS.get(method)
-    fields = cls.Options.model_fields
-    for name, flag in GRID_FLAGS.items():
-        if name in options and name not in fields:
-            others = [f"{other} key=v1,v2" for key, other in GRID_FLAGS.items() if key in fields]
-            hint = f"use {others[0]}" if others else "make one run per value with bench sweep --grid key=v1,v2"
-            raise BenchError(f"method '{cls.name}' has no {flag} (no option '{name}'); {hint}")
 
 
 def parse_label_words(text: str | None) -> tuple[str, ...] | dict[str, str] | None:
@@ -433,7 +419,7 @@ def run_cmd(
         raise BenchError("bench run has no --grid (a bench sweep flag: one run per value); inside one run use "
                          "--train-grid key=v1,v2 (fine-tuning) or --solver-grid key=v1,v2 (kernel solver settings)")
     options = parse_options(opt, train_grid, solver_grid)
-    check_grid_flags(method, options)
+    refuse_missing_grid(method, options)
     if save_kernels:
         options["save_kernels"] = True
     if diagnostics:

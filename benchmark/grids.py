@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from registry import BenchError
+from registry import METHODS, BenchError, load_builtins
 
 #: The in-run grid options and the `bench run` flag that sets each.
 GRID_FLAGS = {"train_grid": "--train-grid", "solver_grid": "--solver-grid"}
@@ -51,3 +51,15 @@ def refuse_old_grid(method: str, options: Mapping[str, Any], new: str) -> None:
             f"method '{method}' has no option 'grid' any more: it is '{new}' (bench run {GRID_FLAGS[new]} key=v1,v2, "
             f"or --opt '{new}={{...}}'); one run per value is `bench sweep --grid`"
         )
+
+
+def refuse_missing_grid(method: str, options: Mapping[str, Any]) -> None:
+    """`BenchError` for an in-run grid ``method`` lacks (``train_grid`` of a kernel method), naming its flag."""
+    load_builtins()
+    cls = METHODS.get(method)
+    fields = cls.Options.model_fields
+    for name, flag in GRID_FLAGS.items():
+        if name in options and name not in fields:
+            others = [f"{other} key=v1,v2" for key, other in GRID_FLAGS.items() if key in fields]
+            hint = f"use {others[0]}" if others else "make one run per value with bench sweep --grid key=v1,v2"
+            raise BenchError(f"method '{cls.name}' has no {flag} (no option '{name}'); {hint}")
