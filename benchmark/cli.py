@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.grids import GRID_FLAGS, refuse_missing_grid
 from benchmark.perf import perf_app
 from benchmark.quiet import quiet_libraries
 from registry import BenchError, first_error
@@ -37,23 +38,31 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_options(opts: list[str], grid: list[str]) -> dict[str, Any]:
-    """``--opt key=value`` and ``--grid key=v1,v2`` pairs as a method-options dict."""
+def parse_options(
+    opts: list[str], train_grid: list[str] = [], solver_grid: list[str] = []  # noqa: B006
+) -> dict[str, Any]:
+    """``--opt key=value``, ``--train-grid key=v1,v2`` and ``--solver-grid key=v1,v2`` as a method-options dict."""
     options: dict[str, Any] = {}
     for item in opts:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise BenchError(f"--opt expects key=value, got '{item}'")
         options[key.strip().replace("-", "_")] = parse_value(value.strip())
-    if grid:
-        grid_values: dict[str, list[Any]] = {}
-        for item in grid:
-            key, sep, values = item.partition("=")
-            if not sep or not key.strip() or not values.strip():
-                raise BenchError(f"--grid expects key=v1,v2,..., got '{item}'")
-            grid_values[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
-        options["grid"] = grid_values
+    for name, items in (("train_grid", train_grid), ("solver_grid", solver_grid)):
+        if items:
+            options[name] = parse_grid(items, GRID_FLAGS[name])
     return options
+
+
+def parse_grid(items: list[str], flag: str) -> dict[str, list[Any]]:
+    """``key=v1,v2`` items (of ``flag``) as ``{key: [v1, v2]}``, in the order given."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise BenchError(f"{flag} expects key=v1,v2,..., got '{item}'")
+        grid[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
 
 
 def parse_label_words(text: str | None) -> tuple[str, ...] | dict[str, str] | None:
@@ -243,7 +252,7 @@ def option_rows(method: Any) -> list[tuple[str, str, str, str]]:
 
 @app.command("describe")
 def describe_cmd(method: Annotated[str, typer.Argument(help="registered method name or alias")]) -> None:
-    """Show a method's options (``--opt key=value``, ``--grid key=v1,v2``) with their types and defaults."""
+    """Show a method's options (``--opt key=value``, ``--train-grid`` / ``--solver-grid key=v1,v2``) and defaults."""
     from registry import METHODS, load_builtins
 
     load_builtins()
@@ -381,7 +390,11 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="evaluation batch size")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
-    grid: Annotated[list[str], typer.Option("--grid", help="hyper-parameter grid key=v1,v2 (repeatable)")] = [],  # noqa: B006
+    train_grid: Annotated[list[str], typer.Option(
+        "--train-grid", help="fine-tuning: in-run search key=v1,v2, best dev kept (repeatable)")] = [],  # noqa: B006
+    solver_grid: Annotated[list[str], typer.Option(
+        "--solver-grid", help="kernel methods: solver settings key=v1,v2 tried on dev (repeatable)")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option("--grid", hidden=True, help="a bench sweep flag")] = [],  # noqa: B006
     tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
@@ -404,7 +417,11 @@ def run_cmd(
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
-    options = parse_options(opt, grid)
+    if grid:
+        raise BenchError("bench run has no --grid (a bench sweep flag: one run per value); inside one run use "
+                         "--train-grid key=v1,v2 (fine-tuning) or --solver-grid key=v1,v2 (kernel solver settings)")
+    options = parse_options(opt, train_grid, solver_grid)
+    refuse_missing_grid(method, options)
     if save_kernels:
         options["save_kernels"] = True
     if diagnostics:
@@ -766,7 +783,8 @@ def diagnose_cmd(
     theta_0 is rebuilt from the run's config (same seed and head init) and theta_FT is loaded from its
     saved weights (``--opt save_model=true``); the metrics and diagnostics.json are logged into the run.
     """
-    from benchmark.diagnostics import diagnose_run, format_diagnostics
+    from benchmark.diagnostics import format_diagnostics
+    from benchmark.finetuned import diagnose_run
 
     diag = diagnose_run(run_id, tracking_uri=tracking_uri, log=log)
     for line in format_diagnostics(diag):

@@ -263,7 +263,7 @@ def test_deepspeed_two_cpu_ranks_match_the_local_run(make_config, monkeypatch, c
 def test_batch_size_that_ranks_cannot_split_fails_before_launch(make_config, monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    config = make_config(grid={"batch_size": [4, 3]})
+    config = make_config(train_grid={"batch_size": [4, 3]})
     with pytest.raises(BenchError, match="batch_size 3 is not divisible by the 2 processes"):
         launch(config, LaunchOptions(launcher="deepspeed", num_gpus=2))
     assert experiment_runs(config) == []

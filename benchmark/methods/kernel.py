@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from benchmark.adapters import LoraOptions, lora_adapter
+from benchmark.grids import refuse_old_grid, settings_list
 from benchmark.identity import file_digest
 from benchmark.kernels import (
     KernelArgs,
@@ -35,6 +37,7 @@ from benchmark.kernels.memory import PeakMemory, parse_bytes
 from benchmark.kernels.ntk import initial_logits
 from benchmark.kernels.params import params_predicate, params_tag
 from benchmark.kernels.solvers import missing_outputs_message
+from benchmark.linear_probe import init_head_from_probe
 from benchmark.methods.base import MEASUREMENT, SOLVER, Method, MethodOptions, RunContext, RunResult, role
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import Prepared, prepare, to_device, use_binary
@@ -42,6 +45,7 @@ from registry import BenchError, register_method
 from registry.formulas import FORMULAS, Formula, get_formula
 
 if TYPE_CHECKING:
+    from benchmark.config import RunConfig
     from benchmark.examples import Splits
     from benchmark.resolve import ResolvedRun
 
@@ -70,8 +74,12 @@ class KernelOptions(MethodOptions):
                                       json_schema_extra=role(MEASUREMENT))
     f0: bool = Field(default=True, description="also try the initial-logit correction (f0 scaling) on dev",
                      json_schema_extra=role(SOLVER))
-    grid: list[dict[str, Any]] | None = Field(default=None, description="solver hyper-parameter grid (None: built-in)",
-                                              json_schema_extra=role(SOLVER))
+    solver_grid: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="solver settings tried on dev, in order of preference: a list of settings, or key -> values "
+                    "(their product; --solver-grid key=v1,v2); None: the solver's built-in grid",
+        json_schema_extra=role(SOLVER),
+    )
     selection: Literal["one-se", "best"] = Field(
         default="one-se",
         description="dev selection over the grid: first setting within one standard error of the best, or the best",
@@ -95,14 +103,16 @@ class KernelOptions(MethodOptions):
         return data
 
 
-class LoraKernelOptions(KernelOptions):
-    """Kernel options plus the LoRA adapters whose gradients span the kernel."""
+    @field_validator("solver_grid", mode="before")
+    @classmethod
+    def _settings(cls, value: Any) -> Any:
+        return settings_list(value)
+
+
+class LoraKernelOptions(LoraOptions, KernelOptions):
+    """Kernel options plus the LoRA adapters whose gradients span the kernel (`benchmark.adapters`)."""
 
     params: str | list[str] = "lora"
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: float = Field(default=16.0, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: ["query", "value"])
 
 
 def _inputs_digest(prepared: Prepared) -> str:
@@ -156,6 +166,14 @@ class KernelMethod(Method):
             parse_bytes(options.memory_budget)  # type: ignore[attr-defined]
         get_strategy(options.strategy).check(  # type: ignore[attr-defined]
             KernelArgs(memory_budget=options.memory_budget))  # type: ignore[attr-defined]
+        for point in options.solver_grid or ():  # type: ignore[attr-defined]
+            get_solver(self.solver_name, **point)  # a setting the solver does not take fails here
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> Method:
+        """Build the method from ``config.options``; the old option name ``grid`` is refused naming ``solver_grid``."""
+        refuse_old_grid(cls.name, config.options, "solver_grid")
+        return super().from_config(config)
 
     def reference_files(self, run: ResolvedRun) -> dict[str, Path]:
         """The ``--load-kernels`` file of each split (`BenchError` when one is missing)."""
@@ -225,15 +243,9 @@ class KernelMethod(Method):
     def prepare_model(self, ctx: RunContext) -> Prepared:
         """The logit model at the pre-trained weights (LoRA adapters added if this is a LoRA kernel)."""
         options: KernelOptions = self.options  # type: ignore[assignment]
-        adapt = None
-        if self.lora:
-            from benchmark.methods.finetune import lora_adapter
-
-            adapt = lora_adapter(options, seed=ctx.config.seed)  # type: ignore[arg-type]
+        adapt = lora_adapter(options, seed=ctx.config.seed) if self.lora else None  # type: ignore[arg-type]
         prepared = prepare(ctx, binary=use_binary(ctx), adapt_mlm=adapt)
         if not prepared.encoder.prompt_based and options.init_head == "linear-probe":
-            from benchmark.methods.finetune import init_head_from_probe
-
             init_head_from_probe(prepared.model, prepared, ctx, c=1.0)
         return prepared
 
@@ -334,7 +346,7 @@ class KernelMethod(Method):
         labels = {name: prepared.encoded[name].labels for name in SPLITS}
         selection = select_hyperparameters(
             self.solver_name, split_of("train"), labels["train"], split_of("dev"), labels["dev"],
-            grid=options.grid, rule=options.selection,
+            grid=options.solver_grid, rule=options.selection,
         )
         for i, (_, score) in enumerate(selection.scores):
             ctx.tracker.log_metrics({"solver_grid_dev_acc": score if score > float("-inf") else -1.0}, step=i)
