@@ -207,7 +207,7 @@ def test_deepspeed_runner_passes_the_resolved_run_and_its_hash_to_the_workers(re
 def test_world_size_check_is_the_methods_own(make_config, monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    config = make_config(grid={"batch_size": [4, 3]})
+    config = make_config(train_grid={"batch_size": [4, 3]})
     run = resolve_run(config)
     run.method.check_world_size(1)
     with pytest.raises(BenchError, match="batch_size 3 is not divisible by the 2 processes"):
