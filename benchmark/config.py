@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-LMBFF_SEEDS = (13, 21, 42, 87, 100)
-NO_TEMPLATE = "none"
+from registry.schema import LMBFF_SEEDS, NO_TEMPLATE
+
+__all__ = ["LMBFF_SEEDS", "NO_TEMPLATE", "RunConfig"]
 
 
 class RunConfig(BaseModel):

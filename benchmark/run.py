@@ -17,7 +17,7 @@ from benchmark.examples import Splits
 from benchmark.methods.base import MEASUREMENT, RunContext, RunResult
 from benchmark.resolve import ResolvedRun, resolve_method, resolve_run, resolve_task
 from benchmark.tracking import Tracker, tracked
-from registry import BenchError
+from registry import BenchError, schema
 
 __all__ = ["RunOutcome", "as_resolved", "build_context", "execute", "resolve_method", "resolve_run", "resolve_task",
            "start_tracker"]
@@ -48,18 +48,19 @@ def resolve_device(config: RunConfig) -> torch.device:
 
 
 def run_tags(run: ResolvedRun) -> dict[str, str]:
-    """The MLflow tags that identify a run's cell."""
+    """The MLflow tags that identify a run's cell, and its method's metadata (names: `registry.schema`)."""
     config = run.config
     return {
-        "task": run.task.name,
-        "method": run.method.name,
-        "method_family": run.method.family,
-        "backbone": config.backbone,
-        "backbone_name": run.backbone.name,
-        "k": str(config.k),
-        "seed": str(config.seed),
-        "template": "none" if not run.prompt_based else (config.template or "default"),
-        "config_hash": run.config_hash(),
+        schema.TASK_TAG: run.task.name,
+        schema.METHOD_TAG: run.method.name,
+        **schema.method_tags(run.method),
+        schema.BACKBONE_TAG: config.backbone,
+        schema.BACKBONE_NAME_TAG: run.backbone.name,
+        schema.K_TAG: str(config.k),
+        schema.SEED_TAG: str(config.seed),
+        schema.TEMPLATE_TAG: schema.NO_TEMPLATE if not run.prompt_based
+        else (config.template or schema.DEFAULT_TEMPLATE),
+        schema.CONFIG_HASH_TAG: run.config_hash(),
     }
 
 

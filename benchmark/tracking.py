@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from registry import BenchError
+from registry.schema import CODE_VERSION_TAG, ERROR_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, http_unreachable
 
-DEFAULT_STORE = Path("mlruns") / "mlflow.db"
+# The default store and the URI helpers live in `registry.schema` (shared with the sweeps and the leaderboard);
+# they stay importable from here.
+from registry.schema import DEFAULT_STORE as DEFAULT_STORE
+from registry.schema import default_tracking_uri as default_tracking_uri
+from registry.schema import sqlite_path as sqlite_path
+
 CACHE_ENV = "KERNEL_BENCH_CACHE"
 STORE_LOCK_TIMEOUT_S = 300.0
 HTTP_PROBE_TIMEOUT_S = 3.0
@@ -43,27 +48,6 @@ EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps({"selectedColumns": list(HEADLINE_COLUMNS)}),
 }
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else a SQLite file ``./mlruns/mlflow.db`` (no server needed)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_STORE.resolve()}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:`` URI (absolute), or None (not SQLite, or in memory)."""
-    if not uri.startswith("sqlite:"):
-        return None
-    path = urllib.parse.urlparse(uri).path
-    if uri.startswith("sqlite:////"):
-        return Path(path[1:])
-    if not path or path == "/:memory:":
-        return None
-    return Path(path.lstrip("/")).expanduser().resolve()
 
 
 def store_lock_path(db: Path) -> Path:
@@ -110,14 +94,10 @@ def check_store(uri: str) -> None:
     elif db is not None and db.is_dir():
         raise BenchError(f"--tracking-uri {uri}: {db} is a directory; name the database file (…/mlflow.db)")
     if scheme in ("http", "https"):
-        parsed = urllib.parse.urlparse(uri)
-        port = parsed.port or (443 if scheme == "https" else 80)
-        try:
-            with socket.create_connection((parsed.hostname or "localhost", port), timeout=HTTP_PROBE_TIMEOUT_S):
-                pass
-        except OSError as exc:
-            raise BenchError(f"cannot reach the MLflow tracking server at {uri} ({exc.strerror or exc}); "
-                             "start it or pass another --tracking-uri") from None
+        reason = http_unreachable(uri, HTTP_PROBE_TIMEOUT_S)
+        if reason is not None:
+            raise BenchError(f"cannot reach the MLflow tracking server at {uri} ({reason}); "
+                             "start it or pass another --tracking-uri")
 
 
 def store_error(uri: str, exc: BaseException) -> BenchError:
@@ -236,9 +216,9 @@ class Tracker:
         exp_id = get_or_create_experiment(client, uri, experiment)
         if not parent_run_id:
             _close_dead_runs(client, exp_id, close_dead_runs)
-        all_tags = {"mlflow.runName": run_name, "code_version": code_version(), **owner_tags(), **tags}
+        all_tags = {RUN_NAME_TAG: run_name, CODE_VERSION_TAG: code_version(), **owner_tags(), **tags}
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_RUN_TAG] = parent_run_id
         try:
             run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
         except Exception as exc:
@@ -336,7 +316,7 @@ def close_run(tracker: Tracker, status: str, error: str | None = None) -> bool:
     disk fails the tag write first). Returns False, after one line on stderr, when the run stays RUNNING."""
     if error is not None:
         with contextlib.suppress(Exception):
-            tracker.set_tags({"error": error[:5000]})
+            tracker.set_tags({ERROR_TAG: error[:5000]})
     try:
         tracker.finish(status)
     except Exception as exc:

@@ -1,6 +1,7 @@
-"""The leaderboard: MLflow runs -> best dev per seed -> mean ± std over seeds -> markdown / HTML / CSV.
+"""The leaderboard: MLflow runs -> best dev per seed -> mean ± std over seeds -> views -> markdown / HTML / CSV.
 
-It reads MLflow and nothing else (no import of the engine)::
+It reads MLflow and the registries (`registry`: tag names, method metadata, task order, views), never the
+engine::
 
     from leaderboard import build, render_board
     board = build(tracking_uri="sqlite:///mlruns/mlflow.db", experiment="kernel-bench", k=16)
@@ -18,38 +19,45 @@ import pandas as pd
 
 from leaderboard.aggregate import (
     LMBFF_SEEDS,
-    PAIRS,
     Metric,
-    Table,
     aggregate,
     attach_reference,
-    diagnostics_table,
     display_backbone,
-    headline,
     load_reference,
     paired_rows,
-    paired_table,
-    reference_table,
     sections,
     select_best,
-    task_method_table,
 )
 from leaderboard.collect import LeaderboardError, collect_runs, resolve_uri
+from leaderboard.methods import method_catalog
+from leaderboard.tables import Table
+from leaderboard.views import (
+    DEFAULT_VIEWS,
+    VIEWS,
+    Block,
+    BoardData,
+    Paragraph,
+    Section,
+    View,
+    build_views,
+    register_view,
+    resolve_views,
+)
 
 
 @dataclass
 class Leaderboard:
-    """Everything a renderer needs: the per-seed selection, the aggregate, and the views as tables."""
+    """Everything a renderer needs: the per-seed selection, the aggregate, and the views' blocks."""
 
     runs: pd.DataFrame
     best: pd.DataFrame
     agg: pd.DataFrame
     pairs: pd.DataFrame
-    tables: list[tuple[str, list[Table]]]
-    """(section title, [task x method, paired, diagnostics]) per backbone and k."""
-    headlines: dict[str, str] = field(default_factory=dict)
-    """Section title -> one paragraph answering its question (best method, FT vs. kernel verdicts)."""
-    reference: Table | None = None
+    sections: list[tuple[str, list[Block]]]
+    """(section title, blocks of the section views) per backbone and k."""
+    parts: list[tuple[str, list[Block]]] = field(default_factory=list)
+    """(heading, blocks) of each board view that shows something (published numbers, plots)."""
+    views: tuple[str, ...] = DEFAULT_VIEWS
     source: str = ""
     source_kind: str = "the MLflow store"
     """What ``source`` is (the header says: from <source_kind> `<source>`)."""
@@ -58,6 +66,17 @@ class Leaderboard:
     command: str = ""
     """The command that generated it (shown in the header, so that anyone can regenerate it)."""
     generated: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+
+    @property
+    def tables(self) -> list[tuple[str, list[Table]]]:
+        """(section title, [its tables]) per backbone and k."""
+        return [(title, [b for b in blocks if isinstance(b, Table)]) for title, blocks in self.sections]
+
+    @property
+    def headlines(self) -> dict[str, str]:
+        """Section title -> its headline paragraph (the ``headline`` view), where shown."""
+        return {title: b.text for title, blocks in self.sections for b in blocks
+                if isinstance(b, Paragraph) and b.key == "headline"}
 
 
 def from_runs(
@@ -70,39 +89,31 @@ def from_runs(
     reference: str | Path | None = None,
     source: str = "",
     experiment: str = "",
+    views: Sequence[str] | None = None,
 ) -> Leaderboard:
-    """Build the leaderboard from a runs frame (as `collect_runs` returns)."""
+    """Build the leaderboard from a runs frame (as `collect_runs` returns) with ``views`` (names in `VIEWS`;
+    None: `DEFAULT_VIEWS`; ``default`` stands for them)."""
+    chosen = resolve_views(views)
     if not runs.empty and "backbone" in runs.columns:  # never a machine path in headings or file names
         runs = runs.assign(backbone=runs["backbone"].map(display_backbone))
     if not runs.empty and k is not None:
         runs = runs[runs["k"] == k]
     if not runs.empty and backbone is not None:
         runs = runs[runs["backbone"] == display_backbone(backbone)]
+    methods = method_catalog(runs)
     best = select_best(runs, metric)
-    agg = aggregate(best, seeds)
-    ref_table = None
+    agg = aggregate(best, seeds, methods=methods)
+    sources: list[str] | None = None
     if reference is not None:
         ref_frame, sources = load_reference(reference)
         if not agg.empty:
             agg = attach_reference(agg, ref_frame)
-        ref_table = reference_table(agg, sources) if not agg.empty else None
-    pairs = paired_rows(agg, best)
-    tables: list[tuple[str, list[Table]]] = []
-    headlines: dict[str, str] = {}
-    for bb, kk, section in sections(agg):
-        title = f"{bb}, k = {kk}"
-        headlines[title] = headline(section, pairs, bb, kk)
-        views = [task_method_table(section, f"Tasks × methods ({title})")]
-        paired = paired_table(pairs, bb, kk, f"Fine-tuning vs. its kernel analog ({title})")
-        if paired is not None:
-            views.append(paired)
-        diag = diagnostics_table(section, f"Linearization diagnostics ({title})")
-        if diag is not None:
-            views.append(diag)
-        tables.append((title, views))
-    return Leaderboard(runs=runs, best=best, agg=agg, pairs=pairs, tables=tables, headlines=headlines,
-                       reference=ref_table,
-                       source=source, experiment=experiment, metric=metric)
+    pairs = paired_rows(agg, best, methods=methods)
+    data = BoardData(runs=runs, best=best, agg=agg, pairs=pairs, methods=methods, reference_sources=sources)
+    parts = [Section(data, bb, kk, f"{bb}, k = {kk}", rows) for bb, kk, rows in sections(agg)]
+    by_section, board_parts = build_views(data, parts, chosen)
+    return Leaderboard(runs=runs, best=best, agg=agg, pairs=pairs, sections=by_section, parts=board_parts,
+                       views=tuple(v.name for v in chosen), source=source, experiment=experiment, metric=metric)
 
 
 def build(
@@ -114,11 +125,12 @@ def build(
     metric: Metric = "acc",
     seeds: Sequence[int] | None = None,
     reference: str | Path | None = None,
+    views: Sequence[str] | None = None,
 ) -> Leaderboard:
-    """Read the FINISHED runs of ``experiment`` from MLflow and build the leaderboard."""
+    """Read the FINISHED runs of ``experiment`` from MLflow and build the leaderboard (``views``: see `from_runs`)."""
     runs = collect_runs(tracking_uri, experiment)
     return from_runs(runs, k=k, backbone=backbone, metric=metric, seeds=seeds, reference=reference,
-                     source=resolve_uri(tracking_uri), experiment=experiment)
+                     source=resolve_uri(tracking_uri), experiment=experiment, views=views)
 
 
 def render_board(board: Leaderboard, fmt: str, *, plots_dir: Path | None = None, plots_link: str = "") -> str:
@@ -135,14 +147,17 @@ def render_board(board: Leaderboard, fmt: str, *, plots_dir: Path | None = None,
 
 
 __all__ = [
+    "DEFAULT_VIEWS",
     "LMBFF_SEEDS",
-    "PAIRS",
+    "VIEWS",
     "Leaderboard",
     "LeaderboardError",
+    "View",
     "aggregate",
     "build",
     "collect_runs",
     "from_runs",
+    "register_view",
     "render_board",
     "select_best",
 ]

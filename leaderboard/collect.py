@@ -7,60 +7,33 @@ when it carries the cell tags the engine writes (``task``, ``method``, ``backbon
 
 from __future__ import annotations
 
-import os
-import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-CELL_TAGS = ("task", "method", "method_family", "backbone", "k", "seed", "template", "config_hash")
-"""Tags that identify a run's cell (written by ``benchmark.run.run_tags``)."""
+from registry.schema import (
+    CELL_TAGS,
+    DEFAULT_STORE,
+    METHOD_ANALOG_TAG,
+    METHOD_ORDER_TAG,
+    PARENT_RUN_TAG,
+    RUN_KIND_TAG,
+    RUN_NAME_TAG,
+    SWEEP_RUN_KIND,
+    SWEEP_SEEDS_TAG,
+    http_unreachable,
+    resolve_uri,
+    sqlite_path,
+)
 
-SWEEP_SEEDS_TAG = "sweep_seeds"
-"""Tag on a sweep's parent run: the comma-separated seeds the sweep asked for."""
-
-DEFAULT_STORE = Path("mlruns") / "mlflow.db"
+__all__ = ["CELL_TAGS", "DEFAULT_STORE", "SWEEP_SEEDS_TAG", "LeaderboardError", "collect_runs", "connect",
+           "resolve_uri", "runs_frame", "runs_from_selections"]
 
 
 class LeaderboardError(Exception):
     """A problem the user can fix (unreachable store, unknown experiment, bad reference file)."""
-
-
-def resolve_uri(tracking_uri: str | None) -> str:
-    """``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the engine's default ``./mlruns/mlflow.db``."""
-    if tracking_uri:
-        return tracking_uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve()}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:"):
-        return None
-    path = urllib.parse.urlparse(uri).path
-    # sqlite:///relative.db -> path '/relative.db'; sqlite:////abs.db -> '//abs.db'
-    if uri.startswith("sqlite:////"):
-        return Path(path[1:]) if path.startswith("//") else Path(path)
-    return Path(path.lstrip("/")) if path else None
-
-
-def _probe_http(uri: str, timeout: float) -> None:
-    parsed = urllib.parse.urlparse(uri)
-    try:
-        with socket.create_connection((parsed.hostname or "localhost", parsed.port or
-                                       (443 if parsed.scheme == "https" else 80)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise LeaderboardError(f"cannot reach the MLflow tracking server at {uri}: {exc.strerror or exc}") from None
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        pass  # reachable; some proxies have no /health
-    except (urllib.error.URLError, OSError) as exc:
-        raise LeaderboardError(f"cannot reach the MLflow tracking server at {uri}: {exc}") from None
 
 
 def connect(tracking_uri: str | None, *, timeout: float = 5.0) -> Any:
@@ -76,12 +49,14 @@ def connect(tracking_uri: str | None, *, timeout: float = 5.0) -> Any:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = resolve_uri(tracking_uri)
-    sqlite = _sqlite_path(uri)
+    sqlite = sqlite_path(uri)
     if sqlite is not None and not sqlite.is_file():
         raise LeaderboardError(f"no MLflow tracking store at {uri} (file {sqlite} does not exist); "
                                "pass --tracking-uri of the store the runs were logged to")
     if uri.startswith(("http://", "https://")):
-        _probe_http(uri, timeout)
+        reason = http_unreachable(uri, timeout, health=True)
+        if reason is not None:
+            raise LeaderboardError(f"cannot reach the MLflow tracking server at {uri}: {reason}")
     elif uri.startswith("file:") or "://" not in uri:
         local = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri)
         if not local.is_dir():
@@ -121,7 +96,8 @@ def runs_frame(runs: list[Any], parents: dict[str, Any] | None = None) -> pd.Dat
     """MLflow ``Run`` objects as a DataFrame: cell tags, status, times, metrics, ``opt.*`` params.
 
     Runs without the cell tags (sweep parents, foreign runs) are dropped; ``k`` and ``seed`` are
-    integers; ``sweep_seeds`` holds the parent sweep's seeds when the run is nested in a sweep.
+    integers; ``sweep_seeds`` holds the parent sweep's seeds when the run is nested in a sweep; the method
+    metadata tags (``method_analog_of``, ``method_display_order``) are None where the run predates them.
     """
     parents = parents or {}
     rows: list[dict[str, Any]] = []
@@ -133,15 +109,16 @@ def runs_frame(runs: list[Any], parents: dict[str, Any] | None = None) -> pd.Dat
             k, seed = int(tags["k"]), int(tags["seed"])
         except ValueError:
             continue
-        parent_id = tags.get("mlflow.parentRunId")
+        parent_id = tags.get(PARENT_RUN_TAG)
         parent = parents.get(parent_id) if parent_id else None
         row: dict[str, Any] = {name: tags.get(name, "") for name in CELL_TAGS}
+        row.update({name: tags.get(name) for name in (METHOD_ANALOG_TAG, METHOD_ORDER_TAG)})
         row.update(
             k=k,
             seed=seed,
             template=tags.get("template") or "default",
             run_id=run.info.run_id,
-            run_name=tags.get("mlflow.runName", ""),
+            run_name=tags.get(RUN_NAME_TAG, ""),
             status=run.info.status,
             start_time=run.info.start_time,
             end_time=run.info.end_time,
@@ -168,10 +145,10 @@ def collect_runs(tracking_uri: str | None = None, experiment: str = "kernel-benc
     found = find_experiment(client, experiment)
     filter_string = f"attributes.status = '{status}'" if status else ""
     runs = _search_all(client, [found.experiment_id], filter_string)
-    parent_ids = {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}
+    parent_ids = {r.data.tags.get(PARENT_RUN_TAG) for r in runs} - {None}
     parents: dict[str, Any] = {}
     if parent_ids:
-        for parent in _search_all(client, [found.experiment_id], "tags.run_kind = 'sweep'"):
+        for parent in _search_all(client, [found.experiment_id], f"tags.{RUN_KIND_TAG} = '{SWEEP_RUN_KIND}'"):
             if parent.info.run_id in parent_ids:
                 parents[parent.info.run_id] = parent
     return runs_frame(runs, parents)

@@ -1,26 +1,23 @@
 """Render a `Leaderboard` as markdown (READMEs), one self-contained HTML file (tables + plots), or CSV.
 
-All three show the same numbers: the tables are built once (`leaderboard.aggregate.Table`) and each
-renderer only formats them. Plots are drawn with matplotlib's object API (no pyplot state, no GUI
-backend) and embedded in the HTML as base64 PNG; the markdown links PNG files written next to it.
+All three show the same numbers: the views' blocks are built once (`leaderboard.views`: tables, paragraphs,
+plots) and each renderer only formats them. Plots (`leaderboard.plots`) are embedded in the HTML as base64
+PNG; the markdown links PNG files written next to it. The CSV files hold the data, whichever views are shown.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from leaderboard.aggregate import PAIRS, Cell, Table, format_value, row_label
+from leaderboard.plots import png_bytes
+from leaderboard.tables import Cell, Table, format_value, row_label
+from leaderboard.views import Block, Paragraph, Plot
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from leaderboard import Leaderboard
 
 REGENERATE = "bench leaderboard --out leaderboard/"
@@ -35,104 +32,6 @@ CSV_FIRST = ["backbone", "k", "template", "task", "method", "method_family", "me
 
 
 # ------------------------------------------------------------------------------------------- plots
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower()
-
-
-def short_name(backbone: str) -> str:
-    """A local model path's last component (for plot titles); registered names and Hub ids unchanged."""
-    from leaderboard.aggregate import display_backbone
-
-    return display_backbone(backbone)
-
-
-def plot_groups(pairs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
-    """(slug, title, rows) for each backbone, k and template that has paired FT / kernel results."""
-    if pairs.empty:
-        return []
-    out = []
-    for (backbone, k, template), group in pairs.groupby(["backbone", "k", "template"], sort=True):
-        suffix = "" if template == "default" else f", template {template}"
-        out.append((_slug(f"{backbone}-k{k}-{template}"), f"{short_name(backbone)}, k = {k}{suffix}", group))
-    return out
-
-
-def diff_figure(group: pd.DataFrame, title: str) -> Figure:
-    """Per task and pair: kernel − FT (points) over the shared seeds with its 95% t-interval, around 0."""
-    from matplotlib.figure import Figure
-
-    rows = group.reset_index(drop=True)
-    labels = [f"{r['ft_method']} | {r['kernel_method']}\n{r['task']}" for _, r in rows.iterrows()]
-    fig = Figure(figsize=(6.4, 0.55 * len(rows) + 1.6), layout="constrained")
-    ax = fig.subplots()
-    ys = list(range(len(rows)))[::-1]
-    has_ci = "diff_low" in rows.columns
-    means = rows["diff_mean"] if "diff_mean" in rows.columns else rows["gap"]
-    for y, (_, r), mean in zip(ys, rows.iterrows(), means, strict=True):
-        low, high = (r["diff_low"], r["diff_high"]) if has_ci else (float("nan"), float("nan"))
-        color = "#4C72B0" if pd.isna(low) or low <= 0 <= high else ("#55A868" if low > 0 else "#C44E52")
-        if not pd.isna(low):
-            ax.plot([low, high], [y, y], color=color, linewidth=2)
-        ax.plot([mean], [y], "o", color=color)
-        ax.annotate(f"n={int(r['n_shared'])}" if "n_shared" in r else "", (mean, y), xytext=(0, 6),
-                    textcoords="offset points", fontsize=7, ha="center")
-    ax.axvline(0, color="gray", linestyle="--", linewidth=1)
-    span = pd.concat([means, rows.get("diff_low", means), rows.get("diff_high", means)]).abs().max()
-    span = float(span) * 1.15 if pd.notna(span) and span > 0 else 1.0
-    ax.set_xlim(-span, span)
-    ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlabel("kernel − fine-tuning, test (points); bar: 95% paired t-interval")
-    ax.set_title(f"Kernel analog minus fine-tuning, paired over seeds\n({title})", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    return fig
-
-
-def scatter_figure(group: pd.DataFrame, title: str) -> Figure:
-    """Kernel accuracy against FT accuracy across tasks (one marker per pair), with the diagonal."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
-    ax = fig.subplots()
-    markers = dict(zip(PAIRS, ("o", "s", "^", "D"), strict=True))
-    for (ft, kernel), rows in group.groupby(["ft_method", "kernel_method"], sort=False):
-        ax.errorbar(rows["ft_mean"], rows["kernel_mean"], xerr=rows["ft_std"], yerr=rows["kernel_std"],
-                    fmt=markers.get((ft, kernel), "o"), capsize=2, label=f"{ft} | {kernel}", alpha=0.85)
-        for _, r in rows.iterrows():
-            ax.annotate(r["task"], (r["ft_mean"], r["kernel_mean"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    lows = pd.concat([group["ft_mean"] - group["ft_std"], group["kernel_mean"] - group["kernel_std"]])
-    highs = pd.concat([group["ft_mean"] + group["ft_std"], group["kernel_mean"] + group["kernel_std"]])
-    low, high = max(0.0, float(lows.min()) - 3), min(100.0, float(highs.max()) + 3)
-    ax.plot([low, high], [low, high], color="gray", linestyle="--", linewidth=1, label="kernel = FT")
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
-    ax.set_aspect("equal")
-    ax.set_xlabel("fine-tuning test (%)")
-    ax.set_ylabel("kernel analog test (%)")
-    ax.set_title(f"Kernel vs. fine-tuning across tasks\n({title})", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", frameon=True, framealpha=0.9)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def figures(board: Leaderboard) -> list[tuple[str, str, Figure]]:
-    """(file stem, caption, figure) for every plot of the leaderboard."""
-    out = []
-    for slug, title, group in plot_groups(board.pairs):
-        out.append((f"diff-{slug}", f"Kernel analog minus fine-tuning per task over the shared seeds ({title}); "
-                    "bars: 95% paired t-interval; dashed: no difference", diff_figure(group, title)))
-        out.append((f"scatter-{slug}", f"Kernel analog vs. fine-tuning across tasks ({title}); dashed: diagonal",
-                    scatter_figure(group, title)))
-    return out
-
-
-def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- markdown
@@ -175,24 +74,30 @@ def to_markdown(board: Leaderboard, *, plots_dir: Path | None = None, plots_link
     lines = ["# kernel-bench leaderboard", "", *_header(board), ""]
     if board.agg.empty:
         lines += ["*No finished runs with dev and test metrics match.*", ""]
-    for title, tables in board.tables:
-        lines += [f"## {title}", ""]
-        if board.headlines.get(title):
-            lines += [f"**At a glance.** {board.headlines[title]}", ""]
-        for table in tables:
-            lines += [table_markdown(table)]
-    if board.reference is not None:
-        lines += ["## Published numbers", "", table_markdown(board.reference)]
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
-        figs = figures(board)
-        if figs:
-            lines += ["## Plots", ""]
-        for stem, caption, fig in figs:
-            (plots_dir / f"{stem}.png").write_bytes(png_bytes(fig))
-            link = f"{plots_link.rstrip('/')}/{stem}.png" if plots_link else f"{stem}.png"
-            lines += [f"![{caption}]({link})", "", f"*{caption}*", ""]
+    for title, blocks in board.sections:
+        lines += [f"## {title}", ""]
+        for block in blocks:
+            lines += _block_markdown(block, plots_dir, plots_link)
+    for heading, blocks in board.parts:
+        shown = [line for block in blocks for line in _block_markdown(block, plots_dir, plots_link)]
+        if shown:  # plots without a plots directory show nothing
+            lines += [f"## {heading}", "", *shown]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _block_markdown(block: Block, plots_dir: Path | None, plots_link: str) -> list[str]:
+    """The markdown lines of one view block; a plot is written to ``plots_dir`` (none without one)."""
+    if isinstance(block, Table):
+        return [table_markdown(block)]
+    if isinstance(block, Paragraph):
+        return [f"**{block.label}** {block.text}", ""]
+    if plots_dir is None:
+        return []
+    (plots_dir / f"{block.stem}.png").write_bytes(png_bytes(block.draw()))
+    link = f"{plots_link.rstrip('/')}/{block.stem}.png" if plots_link else f"{block.stem}.png"
+    return [f"![{block.caption}]({link})", "", f"*{block.caption}*", ""]
 
 
 # -------------------------------------------------------------------------------------------- html
@@ -232,6 +137,29 @@ def table_html(table: Table) -> str:
     return "\n".join(out)
 
 
+def _blocks_html(blocks: list[Block]) -> list[str]:
+    """HTML of view blocks; consecutive plots share one ``<div class="plots">``."""
+    out: list[str] = []
+    in_plots = False
+    for block in blocks:
+        if isinstance(block, Plot) != in_plots:
+            out.append('<div class="plots">' if not in_plots else "</div>")
+            in_plots = not in_plots
+        if isinstance(block, Table):
+            out.append(table_html(block))
+        elif isinstance(block, Paragraph):
+            css = f' class="{html.escape(block.key)}"' if block.key else ""
+            out.append(f"<p{css}><strong>{html.escape(block.label)}</strong> {html.escape(block.text)}</p>")
+        else:
+            data = base64.b64encode(png_bytes(block.draw())).decode()
+            out.append(f'<figure id="{block.stem}"><img alt="{html.escape(block.caption)}" '
+                       f'src="data:image/png;base64,{data}"><figcaption>{html.escape(block.caption)}</figcaption>'
+                       "</figure>")
+    if in_plots:
+        out.append("</div>")
+    return out
+
+
 def _md_inline(text: str) -> str:
     escaped = html.escape(text)
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
@@ -243,21 +171,11 @@ def to_html(board: Leaderboard) -> str:
     body += [f'<p class="meta">{_md_inline(line)}</p>' for line in _header(board) if line]
     if board.agg.empty:
         body.append("<p><em>No finished runs with dev and test metrics match.</em></p>")
-    for title, tables in board.tables:
+    for title, blocks in board.sections:
         body.append(f"<h2>{html.escape(title)}</h2>")
-        if board.headlines.get(title):
-            body.append(f'<p class="headline"><strong>At a glance.</strong> {html.escape(board.headlines[title])}</p>')
-        body += [table_html(t) for t in tables]
-    if board.reference is not None:
-        body += ["<h2>Published numbers</h2>", table_html(board.reference)]
-    figs = figures(board)
-    if figs:
-        body += ["<h2>Plots</h2>", '<div class="plots">']
-        for stem, caption, fig in figs:
-            data = base64.b64encode(png_bytes(fig)).decode()
-            body.append(f'<figure id="{stem}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        body.append("</div>")
+        body += _blocks_html(blocks)
+    for heading, blocks in board.parts:
+        body += [f"<h2>{html.escape(heading)}</h2>", *_blocks_html(blocks)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>kernel-bench leaderboard</title><style>{_CSS}</style></head>\n<body>\n"
@@ -312,4 +230,4 @@ def write_all(board: Leaderboard, out_dir: Path) -> list[Path]:
     return [*written, *sorted(plots.glob("*.png"))]
 
 
-__all__ = ["figures", "pairs_csv", "row_label", "selections_csv", "to_csv", "to_html", "to_markdown", "write_all"]
+__all__ = ["pairs_csv", "row_label", "selections_csv", "to_csv", "to_html", "to_markdown", "write_all"]

@@ -157,9 +157,12 @@ class Registry(Generic[T]):
         key = self._key(name)
         return key in self._objects or key in self._aliases
 
-    def names(self, *, include_aliases: bool = False) -> list[str]:
-        """Sorted registered names (and aliases, if asked)."""
+    def names(self, *, include_aliases: bool = False, in_order: bool = False) -> list[str]:
+        """Sorted registered names (and aliases, if asked); ``in_order``: names in registration order instead
+        (the built-ins in the order their modules register them, then plugins), without aliases."""
         self._load_plugins()
+        if in_order:
+            return list(self._objects)
         names = list(self._objects)
         if include_aliases:
             names += list(self._aliases)

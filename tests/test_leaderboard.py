@@ -14,8 +14,8 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from leaderboard import build, render_board
-from leaderboard.aggregate import diagnostics_table
 from leaderboard.collect import LeaderboardError
+from leaderboard.tables import diagnostics_table
 from tests.test_cli_e2e import invoke
 from tests.test_sweep import initialized_store
 

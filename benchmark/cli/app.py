@@ -13,10 +13,12 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from benchmark.perf import perf_app
 from benchmark.quiet import quiet_libraries
 from registry import BenchError, first_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kernel-bench: fine-tuning vs. its kernel analogs.")
+app.add_typer(perf_app, name="perf")
 console = Console()
 err_console = Console(stderr=True)
 

@@ -29,6 +29,9 @@ def leaderboard_cmd(
                      typer.Option("--seeds", help="expected seeds (default: the sweep's, else LM-BFF's)")] = None,
     from_selections: Annotated[Path | None, typer.Option(
         "--from-selections", help="rebuild from an earlier leaderboard's selections.csv instead of a store")] = None,
+    view: Annotated[list[str] | None, typer.Option(
+        "--view", help="a view to show, repeatable, in order (default: headline, tasks, paired, diagnostics, "
+        "reference, plots; 'default' names that set)")] = None,
 ) -> None:
     """Aggregate MLflow runs: best dev per seed, mean ± std over seeds, FT vs. kernel; md, html or csv."""
     import shlex
@@ -52,12 +55,12 @@ def leaderboard_cmd(
             board = from_runs(runs_from_selections(from_selections), k=k, backbone=backbone,
                               metric=metric,  # type: ignore[arg-type]
                               seeds=parse_seeds(seeds) if seeds else None, reference=reference,
-                              source=str(from_selections), experiment=experiment)
+                              source=str(from_selections), experiment=experiment, views=view)
             board.source_kind = ("the runs an earlier leaderboard selected (its MLflow store is not here; "
                                  "diagnostic metrics and unselected runs are not in that file)")
         else:
             board = build(tracking_uri, experiment, k=k, backbone=backbone, metric=metric,  # type: ignore[arg-type]
-                          seeds=parse_seeds(seeds) if seeds else None, reference=reference)
+                          seeds=parse_seeds(seeds) if seeds else None, reference=reference, views=view)
         board.command = "bench " + shlex.join(sys.argv[1:])
         if to_dir:
             assert out is not None

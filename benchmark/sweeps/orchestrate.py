@@ -262,7 +262,7 @@ def prepare(spec: SweepSpec, *, runner: Any = None, fail_fast: bool = False, wai
     """``spec``'s cells expanded (all checked) against its store (opened, the experiment created): a `Sweep`
     ready to `Sweep.run` here with the `runners.Runner` ``runner`` (None: local), or to hand to a runner that
     submits whole sweeps (``runner.sweep(prepared, ...)``, e.g. SLURM's)."""
-    from benchmark.tracking import default_tracking_uri
+    from registry.schema import default_tracking_uri
 
     cells = expand_cells(spec, tracking_uri=spec.tracking_uri or default_tracking_uri())
     store = open_store(cells[0].config.tracking_uri, spec.experiment, spec.cache_dir)

@@ -14,6 +14,14 @@ import time
 from typing import TYPE_CHECKING
 
 from benchmark.lifecycle import HOST_TAG, PID_TAG, START_TAG, owner_tags
+from registry.schema import (
+    CODE_VERSION_TAG,
+    RUN_KIND_TAG,
+    RUN_NAME_TAG,
+    SWEEP_HASH_TAG,
+    SWEEP_RUN_KIND,
+    SWEEP_SEEDS_TAG,
+)
 
 if TYPE_CHECKING:
     from benchmark.sweeps.cells import Cell
@@ -38,7 +46,7 @@ class ParentRun:
     def find(self) -> str:
         """The id of the latest parent run of this sweep in the store ('' if none); changes nothing."""
         found = self.store.client.search_runs([self.store.experiment_id],
-                                              filter_string=f"tags.sweep_hash = '{self.hash}'",
+                                              filter_string=f"tags.{SWEEP_HASH_TAG} = '{self.hash}'",
                                               order_by=["attributes.start_time DESC"], max_results=1)
         return found[0].info.run_id if found else ""
 
@@ -65,11 +73,11 @@ class ParentRun:
 
         cells = self.cells
         name = f"sweep-{self.hash[:8]}"
-        tags = {"run_kind": "sweep", "sweep_hash": self.hash,
-                "sweep_seeds": ",".join(map(str, sorted({c.config.seed for c in cells}))),
+        tags = {RUN_KIND_TAG: SWEEP_RUN_KIND, SWEEP_HASH_TAG: self.hash,
+                SWEEP_SEEDS_TAG: ",".join(map(str, sorted({c.config.seed for c in cells}))),
                 "sweep_tasks": ",".join(sorted({c.config.task for c in cells})),
                 "sweep_methods": ",".join(sorted({c.config.method for c in cells})), "n_cells": str(len(cells)),
-                "code_version": code_version(), "mlflow.runName": name, **owner_tags()}
+                CODE_VERSION_TAG: code_version(), RUN_NAME_TAG: name, **owner_tags()}
         run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=name)
         tracker = Tracker(self.store.client, run.info.run_id, self.store.experiment_id)
         if self.spec is not None:

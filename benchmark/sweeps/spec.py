@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from benchmark.config import LMBFF_SEEDS
 from registry import BenchError, first_error
 from registry.files import load_mapping_file
+from registry.schema import LMBFF_SEEDS
 
 
 def as_list(value: Any) -> Any:

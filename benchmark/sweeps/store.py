@@ -21,6 +21,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from registry import BenchError
+from registry.schema import CONFIG_HASH_TAG
 
 
 class CellLock:
@@ -90,14 +91,15 @@ class Store:
 
     def runs_by_hash(self, config_hash: str | None = None) -> dict[str, list[Any]]:
         """Runs of the experiment with a ``config_hash`` tag (one hash, or all), grouped by hash."""
-        filter_string = f"tags.config_hash = '{config_hash}'" if config_hash else "tags.config_hash != ''"
+        tag = CONFIG_HASH_TAG
+        filter_string = f"tags.{tag} = '{config_hash}'" if config_hash else f"tags.{tag} != ''"
         found: dict[str, list[Any]] = {}
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1000,
                                            page_token=token)
             for run in page:
-                found.setdefault(run.data.tags.get("config_hash", ""), []).append(run)
+                found.setdefault(run.data.tags.get(tag, ""), []).append(run)
             token = page.token
             if not token:
                 return found
@@ -114,14 +116,8 @@ def open_store(tracking_uri: str | None, experiment: str, cache_dir: Path | None
     With ``create=False`` nothing is created: None when the SQLite file or the experiment does not
     exist yet (a dry run). An unreachable server or unusable store raises `BenchError` at once.
     """
-    from benchmark.tracking import (
-        default_cache_dir,
-        default_tracking_uri,
-        get_or_create_experiment,
-        open_client,
-        sqlite_path,
-        store_error,
-    )
+    from benchmark.tracking import default_cache_dir, get_or_create_experiment, open_client, store_error
+    from registry.schema import default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri()
     sqlite = sqlite_path(uri)
