@@ -21,21 +21,20 @@ norms behind each ratio, also goes to the run's ``diagnostics.json`` artifact. T
 the paper's comparison, the share of fine-tuning's gain the kernel analog recovers, needs two runs
 and is computed by the leaderboard's paired view (``leaderboard.aggregate.recovered_share``).
 
-Entry points: `compute_diagnostics` (any logit model and a theta_0 snapshot), `finetune_diagnostics`
-(what ``--opt diagnostics=true`` runs at the end of an ft-*/lora-* run) and `diagnose_run` (``bench
-diagnose --run-id``: rebuilds theta_0 and loads the run's saved weights).
+This module is the math only: it takes a model, a theta_0 snapshot and batches, and imports no
+method, run or MLflow code. `compute_diagnostics` is its entry point; the fine-tuning methods call it
+at the end of a run (``--opt diagnostics=true``, `benchmark.methods.finetune.finetune_diagnostics`,
+which also picks the formula from the method metadata), and ``bench diagnose --run-id``
+(`benchmark.finetuned.diagnose_run`) on a saved run rebuilt at theta_0 and theta_FT.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,18 +42,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.metrics import predict_labels
-from benchmark.pipeline import to_device
 from registry import BenchError
 
 if TYPE_CHECKING:
-    from benchmark.methods.base import RunContext
-    from benchmark.pipeline import Prepared
     from benchmark.prompts import EncodedSplit
     from benchmark.tracking import Tracker
 
 ARTIFACT = "diagnostics.json"
-FORMULA_OF_OPTIMIZER = {"sgd": "sgd", "adam": "asym"}
-"""The kernel whose drift is measured for each optimizer (the kernel analog of that fine-tuning)."""
 COARSE_GROUPS = ("embeddings", "encoder", "head", "lora")
 
 Batch = Mapping[str, torch.Tensor]
@@ -252,6 +246,13 @@ def kernel_drift(k0: torch.Tensor, k_ft: torch.Tensor) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def _set_values(trained: Mapping[str, nn.Parameter], values: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``values`` (theta_0 or theta_FT of the trained parameters) into the model's parameters."""
+    for name, param in trained.items():
+        param.copy_(values[name].to(param.device, param.dtype))
+
+
 def _kernel_matrix(value: Any) -> torch.Tensor:
     return value.kernel if hasattr(value, "flipped") else value
 
@@ -292,7 +293,6 @@ def compute_diagnostics(
     The model's weights are theta_FT again on return (also when something raises).
     """
     from benchmark.kernels import empirical_ntk, normalize_formula
-    from benchmark.training import restore
 
     start = time.perf_counter()
     formula = normalize_formula(formula)
@@ -318,10 +318,10 @@ def compute_diagnostics(
         params = trained_params_predicate(model, theta_0)
         options = {"progress": progress, **(kernel_options or {})}
         try:  # only the trained parameters differ between theta_0 and theta_FT
-            restore(model, dict(theta_0))
+            _set_values(trained, theta_0)
             k0 = _kernel_matrix(empirical_ntk(model, train_batches, formula=formula, params=params, **options))
         finally:
-            restore(model, theta_ft)
+            _set_values(trained, theta_ft)
         k_ft = _kernel_matrix(empirical_ntk(model, train_batches, formula=formula, params=params, **options))
         drift = kernel_drift(k0, k_ft)
         details["kernel"] = {
@@ -340,51 +340,7 @@ def compute_diagnostics(
 
 def split_batches(split: EncodedSplit, batch_size: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The model-input batches of an encoded split, on ``device``."""
-    return [to_device(inputs, device) for inputs, _ in split.batches(batch_size)]
-
-
-def finetune_diagnostics(
-    model: nn.Module,
-    theta_0: Mapping[str, torch.Tensor],
-    prepared: Prepared,
-    ctx: RunContext,
-    *,
-    optimizer: str,
-    best_step: int | None = None,
-    kernel: bool = True,
-) -> Diagnostics:
-    """Diagnostics of a fine-tuned logit model: test linearization, train kernel drift, movement.
-
-    The kernel formula matches the optimizer (``sgd`` -> sgd, ``adam`` -> asym); ``theta_0`` is the
-    snapshot of the trained parameters taken before training; the model holds theta_FT.
-    """
-    if optimizer not in FORMULA_OF_OPTIMIZER:
-        raise BenchError(
-            f"no kernel formula for optimizer '{optimizer}'; choose one of {', '.join(FORMULA_OF_OPTIMIZER)}"
-        )
-    batch_size = ctx.config.batch_size
-    train = split_batches(prepared.encoded["train"], batch_size, ctx.device)
-    test_split = prepared.encoded["test"]
-    test = split_batches(test_split, batch_size, ctx.device)
-    diag = compute_diagnostics(
-        model,
-        theta_0,
-        train,
-        test,
-        test_split.labels,
-        formula=FORMULA_OF_OPTIMIZER[optimizer],
-        kernel=kernel,
-        progress=True,
-    )
-    diag.details["setup"] = {
-        "theta_0": "pre-trained weights after head initialisation (trained parameters only)",
-        "theta_ft": "reported checkpoint (best dev)" + (f", step {best_step}" if best_step is not None else ""),
-        "optimizer": optimizer,
-        "prompt_based": bool(getattr(prepared.encoder, "prompt_based", True)),
-        "template": ctx.config.template,
-        "method": ctx.config.method,
-    }
-    return diag
+    return [{key: value.to(device) for key, value in inputs.items()} for inputs, _ in split.batches(batch_size)]
 
 
 def log_diagnostics(tracker: Tracker, diag: Diagnostics, *, headline: bool = True) -> None:
@@ -400,95 +356,3 @@ def format_diagnostics(diag: Diagnostics) -> list[str]:
     if groups:
         lines.append("movement per group: " + ", ".join(f"{g}={e['relative']:.4g}" for g, e in groups.items()))
     return lines
-
-
-# ------------------------------------------------------------------------------------- existing runs
-
-
-def _download(tracker: Tracker, path: str, target: Path) -> Path | None:
-    """The local copy of the run's artifact ``path``, or None when the run has none (no progress bar)."""
-    import os
-
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    saved = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        return Path(tracker.client.download_artifacts(tracker.run_id, path, str(target)))
-    except Exception:  # MLflow raises several types for a missing artifact
-        return None
-    finally:
-        if saved is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = saved
-
-
-def diagnose_run(run_id: str, *, tracking_uri: str | None = None, log: bool = True, kernel: bool = True) -> Diagnostics:
-    """Diagnostics of an existing ft-*/lora-* run from its resolved config and saved weights.
-
-    theta_0 is rebuilt as the run built it (same backbone, template, seed, LoRA init and head init);
-    theta_FT is the run's ``model/`` artifact (``--opt save_model=true``). With ``log`` the metrics
-    and ``diagnostics.json`` are logged into that run.
-    """
-    from benchmark.config import RunConfig
-    from benchmark.methods.finetune import Finetune, init_head_from_probe, lora_adapter, mark_trainable
-    from benchmark.pipeline import prepare, use_binary
-    from benchmark.run import build_context, resolve_method
-    from benchmark.tracking import Tracker
-    from benchmark.training import META_FILE, WEIGHTS_FILE, load_weights, snapshot
-
-    try:
-        tracker = Tracker.attach(tracking_uri=tracking_uri, run_id=run_id)
-    except BenchError:
-        raise
-    except Exception as exc:  # MLflow raises several types for an unknown run or store
-        raise BenchError(
-            f"cannot open run '{run_id}' in {tracking_uri or 'the default store'}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-        ) from None
-    with tempfile.TemporaryDirectory(prefix="kernel-bench-diag-") as tmp:
-        config_path = _download(tracker, "config.json", Path(tmp))
-        if config_path is None or not config_path.is_file():
-            raise BenchError(f"run '{run_id}' has no config.json artifact: it did not finish (or is not a bench run)")
-        resolved = json.loads(config_path.read_text())
-        config = RunConfig.model_validate({**resolved["config"], "tracking_uri": tracking_uri})
-        method = resolve_method(config)
-        if not isinstance(method, Finetune):
-            raise BenchError(
-                f"run '{run_id}' is a '{config.method}' run; diagnostics apply to fine-tuning runs "
-                "(ft-sgd, ft-adam, lora-sgd, lora-adam)"
-            )
-        model_dir = _download(tracker, "model", Path(tmp))
-        if model_dir is None or not (model_dir / WEIGHTS_FILE).is_file():
-            raise BenchError(
-                f"run '{run_id}' has no saved weights (model/ artifact); re-run it with "
-                "--opt save_model=true (or --diagnostics to compute them during the run)"
-            )
-        meta = json.loads((model_dir / META_FILE).read_text()) if (model_dir / META_FILE).is_file() else {}
-        chosen = type(method.options).model_validate(
-            {**method.options.model_dump(exclude={"grid"}), **meta.get("hyperparameters", {})}
-        )
-        with build_context(config) as ctx:
-            adapt = lora_adapter(chosen, config.seed) if method.lora else None  # type: ignore[arg-type]
-            binary = bool(meta["binary"]) if "binary" in meta else use_binary(ctx)
-            prepared = prepare(ctx, binary=binary, adapt_mlm=adapt)
-            model = prepared.model
-            mark_trainable(model, lora=method.lora)
-            if chosen.init_head == "linear-probe":
-                init_head_from_probe(model, prepared, ctx, chosen.probe_c)
-            theta_0 = snapshot(model)
-            load_weights(model, model_dir)
-            model.eval()
-            diag = finetune_diagnostics(
-                model,
-                theta_0,
-                prepared,
-                ctx,
-                optimizer=method.optimizer,
-                best_step=meta.get("best_step"),
-                kernel=kernel,
-            )
-    diag.details["setup"]["source"] = f"bench diagnose --run-id {run_id}"
-    if log:
-        log_diagnostics(tracker, diag)
-    return diag

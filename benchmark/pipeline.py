@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.backbones import load_masked_lm
+from benchmark.config import NO_TEMPLATE
 from benchmark.methods.base import RunContext
 from benchmark.metrics import predict_labels, split_metrics
 from benchmark.models import LogitModel, build_logit_model
@@ -51,15 +52,12 @@ def prepare(
     """
     run, task = ctx.run, ctx.task
     mlm, tokenizer = load_masked_lm(run.backbone)
-    encoder = PromptEncoder(
-        tokenizer,
-        template=run.template,
-        label_words=run.label_words,
-        max_seq_len=task.max_seq_len,
-        first_sent_limit=task.first_sent_limit,
-        other_sent_limit=task.other_sent_limit,
-        num_sentences=task.num_sentences,
-    )
+    # The run's resolved template and words (what its identity hashed); for_task adds the task's length limits
+    # and sentence count. Standard inputs keep no words: the user's (already checked) are passed as given.
+    if run.prompt_based:
+        encoder = PromptEncoder.for_task(tokenizer, task, template=run.template, label_words=run.label_words)
+    else:
+        encoder = PromptEncoder.for_task(tokenizer, task, template=NO_TEMPLATE, label_words=run.config.label_words)
     if adapt_mlm is not None:
         mlm = adapt_mlm(mlm)
     model = build_logit_model(

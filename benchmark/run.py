@@ -1,4 +1,9 @@
-"""Execute one run: resolve the config, load the splits, run the method, log everything to MLflow."""
+"""Execute one run: load the splits of a resolved run, run the method, log everything to MLflow.
+
+Runners hand a `ResolvedRun` down (resolved once, at the edge: the CLI or a sweep) and nothing
+here resolves it again. The entry points also take a plain `RunConfig` for callers that are
+themselves the edge (scripts, tests): it is then resolved once, on entry.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import torch
 
 from benchmark.config import RunConfig
+from benchmark.distribution import LOCAL, Distribution
 from benchmark.examples import Splits
 from benchmark.methods.base import MEASUREMENT, RunContext, RunResult
 from benchmark.resolve import ResolvedRun, resolve_method, resolve_run, resolve_task
@@ -90,7 +96,7 @@ def run_name(run: ResolvedRun) -> str:
 
 
 def start_tracker(run: RunConfig | ResolvedRun, parent_run_id: str | None = None) -> Tracker:
-    """Create the MLflow run of ``run`` (resolving and validating it first)."""
+    """Create the MLflow run of ``run`` (a `RunConfig` is resolved and validated first)."""
     run = as_resolved(run)
     config = run.config
     name = run_name(run)
@@ -129,14 +135,12 @@ def execute(
     *,
     tracker: Tracker | None = None,
     finish: bool = True,
-    launcher: str = "local",
-    deepspeed_config: dict[str, Any] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
+    distribution: Distribution = LOCAL,
 ) -> RunOutcome:
     """Run ``run`` end to end and log it; the MLflow run is FAILED if anything raises.
 
     ``tracker`` logs into an existing run (a launcher's); with ``finish=False`` the caller closes it.
+    ``distribution`` is this process's place among the run's ranks (a runner's; default: one process).
     Everything a user can get wrong is checked before an MLflow run exists for it.
     """
     run = as_resolved(run)
@@ -157,10 +161,7 @@ def execute(
                 tracker=tracker,
                 device=device,
                 work_dir=Path(work),
-                launcher=launcher,
-                deepspeed_config=deepspeed_config,
-                rank=rank,
-                world_size=world_size,
+                distribution=distribution,
             )
             result = method.run(ctx)
             log_result(tracker, run, result, time.perf_counter() - start)

@@ -7,7 +7,8 @@ evaluation on dev every ``eval_every`` steps, and the checkpoint with the best d
 (strictly better than every earlier one) is the one kept and reported. The dev objective is F1
 for tasks that report F1, else accuracy, as in the reference's ``default_dev_objective``.
 
-Data-parallel runs (DeepSpeed, or plain ``torch.distributed``) see exactly the local run's global
+Data-parallel runs (any `benchmark.distribution.Distribution`: plain ``torch.distributed`` here,
+DeepSpeed through the stepper its runner injects) see exactly the local run's global
 batches: each global batch is collated once (padded to its longest example), every rank takes a
 contiguous slice of ``batch_size / world_size`` rows, and the loss is scaled so that the averaged
 gradient is the gradient of the global batch mean. Dropout masks are drawn for the whole global
@@ -17,7 +18,6 @@ run's trajectory up to floating-point summation order.
 
 from __future__ import annotations
 
-import copy
 import math
 import resource
 import time
@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from benchmark.distribution import LOCAL, Distribution
 from benchmark.methods.base import MEASUREMENT, MethodOptions, role
 from benchmark.metrics import predict_labels, split_metrics
 from benchmark.pipeline import compute_logits, to_device
@@ -77,20 +78,6 @@ class TrainingOptions(MethodOptions):
         if self.warmup() > self.steps:
             raise ValueError(f"warmup ({self.warmup()} steps) is longer than training ({self.steps} steps)")
         return self
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits in a data-parallel job; ``deepspeed_config`` selects the DeepSpeed engine."""
-
-    rank: int = 0
-    world_size: int = 1
-    deepspeed_config: dict[str, Any] | None = None
-
-    @property
-    def distributed(self) -> bool:
-        """True when several ranks train together."""
-        return self.world_size > 1 or self.deepspeed_config is not None
 
 
 @dataclass
@@ -289,7 +276,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def gather_logits(
-    model: nn.Module, split: EncodedSplit, *, batch_size: int, device: torch.device, dist: DistContext, desc: str
+    model: nn.Module, split: EncodedSplit, *, batch_size: int, device: torch.device, dist: Distribution, desc: str
 ) -> torch.Tensor:
     """Logits ``[N, C]`` of ``model`` on ``split``; with several ranks each computes a slice and all gather."""
     if dist.world_size == 1:
@@ -305,7 +292,7 @@ def gather_logits(
 
 
 def evaluate_split(
-    model: nn.Module, split: EncodedSplit, name: str, *, batch_size: int, device: torch.device, dist: DistContext,
+    model: nn.Module, split: EncodedSplit, name: str, *, batch_size: int, device: torch.device, dist: Distribution,
     report_f1: bool,
 ) -> tuple[dict[str, float], list[int]]:
     """``{name}_acc`` (and ``{name}_f1``) and the predictions of ``model`` on ``split``."""
@@ -317,112 +304,6 @@ def evaluate_split(
 def dev_objective(metrics: dict[str, float]) -> float:
     """The reference's dev objective: F1 where reported, else accuracy."""
     return metrics.get("dev_f1", metrics["dev_acc"])
-
-
-# --------------------------------------------------------------------------------------- engines
-
-
-class _Stepper:
-    """Forward / backward / optimizer step for the local run and plain ``torch.distributed``."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
-                 options: TrainingOptions, world_size: int) -> None:
-        self.module = model
-        self.optimizer = optimizer
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self.max_grad_norm = options.max_grad_norm
-        self.world_size = world_size
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.module(**inputs)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-        if self.world_size > 1:
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            grads = [p.grad for p in self.params]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat)
-            flat /= self.world_size
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-
-    def step(self) -> torch.Tensor | None:
-        norm = None
-        if self.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
-
-    def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
-
-
-class _DeepSpeedStepper:
-    """The same interface over a DeepSpeed engine (ZeRO stage 0-2)."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Callable[[int], float],
-                 options: TrainingOptions, dist: DistContext) -> None:
-        import deepspeed
-
-        config = deepspeed_train_config(dist.deepspeed_config or {}, options, dist.world_size)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-            config=config,
-            dist_init_required=False,
-        )
-        self.module = self.engine.module
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.engine(**inputs)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
-
-    def step(self) -> float | None:
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return None if norm is None else float(norm)
-
-    def lr(self) -> float:
-        return float(self.engine.get_lr()[0])
-
-
-def deepspeed_train_config(base: dict[str, Any], options: TrainingOptions, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config of a training run: ``base`` (ZeRO stage, precision) + the run's batch and clipping.
-
-    The global batch is ``options.batch_size`` whatever the number of ranks (one micro-batch of
-    ``batch_size / world_size`` per rank, no gradient accumulation).
-    """
-    for key in ("optimizer", "scheduler"):
-        if key in base:
-            raise BenchError(
-                f"the DeepSpeed config sets '{key}', but the method's options choose the optimizer and the "
-                f"learning-rate schedule; remove '{key}' from the config"
-            )
-    stage = int(base.get("zero_optimization", {}).get("stage", 0))
-    if stage not in (0, 1, 2):
-        raise BenchError(f"ZeRO stage {stage} is not supported by the fine-tuning loop; use a stage 0, 1 or 2 config")
-    check_global_batch(options.batch_size, world_size)
-    config = copy.deepcopy(base)
-    config.update(
-        train_batch_size=options.batch_size,
-        train_micro_batch_size_per_gpu=options.batch_size // world_size,
-        gradient_accumulation_steps=1,
-        gradient_clipping=options.max_grad_norm,
-    )
-    config.setdefault("zero_allow_untested_optimizer", True)
-    config.setdefault("steps_per_print", 10**9)
-    return config
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -441,7 +322,7 @@ def train_model(
     report_f1: bool = False,
     tracker: Tracker | None = None,
     prefix: str = "",
-    dist: DistContext | None = None,
+    dist: Distribution | None = None,
     work_dir: Path | None = None,
     label: str = "",
 ) -> TrainResult:
@@ -453,7 +334,7 @@ def train_model(
     weights, is in eval mode, and the result says at which step they were reached. ``label`` names
     the progress bar (e.g. a grid point's values); it defaults to ``prefix``.
     """
-    dist = dist or DistContext()
+    dist = dist or LOCAL
     check_global_batch(options.batch_size, dist.world_size)
     if dist.world_size > 1 and not torch.distributed.is_initialized():
         raise BenchError(f"world_size {dist.world_size} needs torch.distributed to be initialised")
@@ -468,11 +349,7 @@ def train_model(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(seed)
-    stepper: _Stepper | _DeepSpeedStepper
-    if dist.deepspeed_config is not None:
-        stepper = _DeepSpeedStepper(model, optim, schedule, options, dist)
-    else:
-        stepper = _Stepper(model, optim, schedule, options, dist.world_size)
+    stepper = dist.stepper(model, optim, schedule, options)
     module = stepper.module
     tracker = tracker or _NoTracker()
     micro = options.batch_size // dist.world_size
@@ -487,7 +364,7 @@ def train_model(
     start = time.perf_counter()
     batches = epoch_batches(len(train), options.batch_size, seed)
     module.train()
-    # Rank 0 of a DeepSpeed run writes to the launcher's pipe (not a TTY): show its bar anyway; other ranks stay quiet.
+    # Rank 0 of a multi-rank run writes to the launcher's pipe (not a TTY): show its bar anyway; other ranks stay quiet.
     show: bool | None = (None if dist.world_size == 1 else True) if dist.rank == 0 else False
     bar = tqdm(range(1, options.steps + 1), desc=f"{label or prefix}train", disable=not show if show is not None
                else None, leave=False)

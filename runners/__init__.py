@@ -5,9 +5,10 @@ The launcher does not change a run's numbers, so its
 options live with the runner, outside `RunConfig`::
 
     from runners import make_runner
-    outcome = make_runner("deepspeed", {"num_gpus": 2}).launch(config)
+    outcome = make_runner("deepspeed", {"num_gpus": 2}).launch(resolve_run(config))
 
-`LaunchOptions` / `launch` are the older shorthand for ``local`` and ``deepspeed``.
+`LaunchOptions` / `launch` are the older shorthand for ``local`` and ``deepspeed`` (``launch`` also
+takes a plain `RunConfig` and resolves it, once).
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ from typing import Literal
 from pydantic import model_validator
 
 from benchmark.config import RunConfig
-from benchmark.run import RunOutcome
-from runners.base import RUNNERS, Runner, make_runner, parse_launch_opts, runner_options, sweep_runner
+from benchmark.resolve import ResolvedRun
+from benchmark.run import RunOutcome, as_resolved
+from runners.base import (
+    RUNNERS,
+    SHORTHAND_FLAGS,
+    CellRunner,
+    Runner,
+    make_runner,
+    parse_launch_opts,
+    runner_options,
+    sweep_runner,
+)
 from runners.deepspeed import DeepSpeedOptions
 
 
@@ -38,21 +49,25 @@ class LaunchOptions(DeepSpeedOptions):
                                  "--launcher deepspeed")
         return self
 
-
     def runner_options(self) -> dict[str, object]:
         """The options of `launcher`'s runner that these shorthand fields set."""
-        return self.model_dump(exclude={"launcher"}, exclude_defaults=True)
+        options = self.model_dump(exclude={"launcher"}, exclude_defaults=True)
+        if self.launcher == "local":
+            options.pop("num_gpus", None)  # 1 (the validator allows no other): what local means anyway
+        return options
 
 
-def launch(config: RunConfig, options: LaunchOptions | None = None, parent_run_id: str | None = None) -> RunOutcome:
-    """Execute ``config`` with the chosen launcher and return its outcome (one MLflow run either way).
+def launch(run: RunConfig | ResolvedRun, options: LaunchOptions | None = None,
+           parent_run_id: str | None = None) -> RunOutcome:
+    """Execute ``run`` with the chosen launcher and return its outcome (one MLflow run either way).
 
     Raises `registry.BenchError` for bad launcher input (unparseable DeepSpeed config, more
     processes than devices, ...) and when the DeepSpeed workers fail (the run is then FAILED).
     """
     options = options or LaunchOptions()
-    return make_runner(options.launcher, options.runner_options()).launch(config, parent_run_id=parent_run_id)
+    runner = make_runner(options.launcher, options.runner_options())
+    return runner.launch(as_resolved(run), parent_run_id=parent_run_id)
 
 
-__all__ = ["RUNNERS", "LaunchOptions", "RunOutcome", "Runner", "launch", "make_runner", "parse_launch_opts",
-           "runner_options", "sweep_runner"]
+__all__ = ["RUNNERS", "SHORTHAND_FLAGS", "CellRunner", "LaunchOptions", "RunOutcome", "Runner", "launch",
+           "make_runner", "parse_launch_opts", "runner_options", "sweep_runner"]

@@ -1,7 +1,8 @@
 """The DeepSpeed runner: validate, create the MLflow run, start the DeepSpeed launcher on `runners.worker`.
 
-The parent process never trains. It checks the launch (config file, devices, hostfile) before
-anything is logged, creates the run with `benchmark.run.start_tracker`, starts
+The parent process never trains. It takes the `ResolvedRun` from the edge, checks the launch (config
+file, devices, hostfile, the method's options against the world size) before anything is logged,
+creates the run with `benchmark.run.start_tracker`, starts
 ``python -m deepspeed.launcher.runner ... --module runners.worker`` with the run config and the
 DeepSpeed config inline (base64 JSON, so remote nodes need no shared temp files), streams the
 workers' output line by line, and closes the run: FINISHED on exit code 0, else FAILED with a
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -28,11 +30,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmark.config import RunConfig
 from benchmark.methods.base import RunResult
-from benchmark.run import RunOutcome, resolve_method, start_tracker
+from benchmark.resolve import ResolvedRun
+from benchmark.run import RunOutcome, start_tracker
 from benchmark.tracking import DOCTOR_HINT, Tracker, close_run, default_tracking_uri
-from benchmark.training import TrainingOptions, check_global_batch
 from registry import BenchError
 from runners.multinode import NodePlan, node_plan, per_node_command
 
@@ -70,9 +71,9 @@ class DeepSpeedRunner:
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options or DeepSpeedOptions()
 
-    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
-        """Start the DeepSpeed launcher on `runners.worker` for ``config`` and wait for it."""
-        return run_deepspeed(config, self.options, parent_run_id=parent_run_id)  # type: ignore[arg-type]
+    def launch(self, run: ResolvedRun, parent_run_id: str | None = None) -> RunOutcome:
+        """Start the DeepSpeed launcher on `runners.worker` for ``run`` and wait for it."""
+        return run_deepspeed(run, self.options, parent_run_id=parent_run_id)  # type: ignore[arg-type]
 
 
 def bundled_configs() -> list[str]:
@@ -170,13 +171,14 @@ def processes_per_node(options: DeepSpeedOptions, *, on_cpu: bool) -> int:
     return wanted
 
 
-def check_method_options(config: RunConfig, world_size: int) -> None:
-    """Reject, before anything starts, a training batch size (or grid value) that ranks cannot split."""
-    options = resolve_method(config).options
-    if isinstance(options, TrainingOptions):
-        points = options.grid_points() if hasattr(options, "grid_points") else [options]
-        for point in points:
-            check_global_batch(point.batch_size, world_size)
+def check_method(run: ResolvedRun, world_size: int) -> None:
+    """Reject, before anything starts, method options that ``world_size`` ranks cannot run (e.g. a batch size
+    they cannot split); say so when the method does not share its work across ranks (every rank runs it whole)."""
+    method = run.method
+    method.check_world_size(world_size)
+    if world_size > 1 and not method.distributed:
+        print(f"note: method '{method.name}' does not split its work across ranks: each of the {world_size} "
+              "ranks runs it whole (rank 0 logs it)", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -277,32 +279,34 @@ def stop_group(process: subprocess.Popen[str]) -> None:
         process.wait(timeout=5)
 
 
-def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: str | None = None) -> RunOutcome:
-    """Run ``config`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
+def run_deepspeed(run: ResolvedRun, options: DeepSpeedOptions, parent_run_id: str | None = None) -> RunOutcome:
+    """Run ``run`` on ``options.num_gpus`` DeepSpeed ranks (per node); one MLflow run, logged by rank 0."""
     on_cpu = cpu_mode()
     ds_config = apply_precision(load_deepspeed_config(options.deepspeed_config), options.precision, on_cpu=on_cpu)
     plan = node_plan(options)  # one launcher per node (SLURM-style), or None: one launcher for all nodes
     num_nodes = plan.num_nodes if plan is not None else options.num_nodes
     num_gpus = processes_per_node(options if plan is None else options.model_copy(update={"num_nodes": 1}),
                                   on_cpu=on_cpu)
-    check_method_options(config, num_gpus * num_nodes)
-    config = config.model_copy(update={
-        "tracking_uri": config.tracking_uri or default_tracking_uri(),
-        "device": "cpu" if on_cpu else config.device,
-    })
+    check_method(run, num_gpus * num_nodes)
+    # Where it logs and computes is no part of the run's identity: the resolved run stays valid.
+    run = dataclasses.replace(run, config=run.config.model_copy(update={
+        "tracking_uri": run.config.tracking_uri or default_tracking_uri(),
+        "device": "cpu" if on_cpu else run.config.device,
+    }))
+    config = run.config
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if on_cpu:
         env["DS_ACCELERATOR"] = "cpu"
     if plan is not None and plan.node_rank != 0:
-        return run_follower(config, ds_config, plan, num_gpus, env)
-    tracker = start_tracker(config, parent_run_id=parent_run_id)
+        return run_follower(run, ds_config, plan, num_gpus, env)
+    tracker = start_tracker(run, parent_run_id=parent_run_id)
     tracker.set_tags({"launcher": "deepspeed", "world_size": num_gpus * num_nodes, "num_nodes": num_nodes,
                       "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0)})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
         result_path = Path(tmp) / "result.json"
-        worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", tracker.run_id,
-                       "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
+        worker_args = [*_run_args(run), "--run-id", tracker.run_id, "--deepspeed-config", encode(ds_config),
+                       "--result", str(result_path)]
         if plan is not None:
             command = per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args)
         else:
@@ -329,7 +333,12 @@ def run_deepspeed(config: RunConfig, options: DeepSpeedOptions, parent_run_id: s
     return RunOutcome(run_id=tracker.run_id, config=config, result=result, seconds=time.perf_counter() - start)
 
 
-def run_follower(config: RunConfig, ds_config: dict[str, Any], plan: NodePlan, num_gpus: int,
+def _run_args(run: ResolvedRun) -> list[str]:
+    """The worker arguments that carry the run: its canonical config, and the hash the worker's resolution must give."""
+    return ["--config", encode(run.config.model_dump(mode="json")), "--config-hash", run.config_hash()]
+
+
+def run_follower(run: ResolvedRun, ds_config: dict[str, Any], plan: NodePlan, num_gpus: int,
                  env: dict[str, str]) -> RunOutcome:
     """Node ``plan.node_rank`` > 0 of a per-node launch: run this node's ranks; node 0 owns the MLflow run.
 
@@ -338,14 +347,14 @@ def run_follower(config: RunConfig, ds_config: dict[str, Any], plan: NodePlan, n
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kernel-bench-launch-") as tmp:
         result_path = Path(tmp) / "result.json"
-        worker_args = ["--config", encode(config.model_dump(mode="json")), "--run-id", "",
-                       "--deepspeed-config", encode(ds_config), "--result", str(result_path)]
+        worker_args = [*_run_args(run), "--run-id", "", "--deepspeed-config", encode(ds_config),
+                       "--result", str(result_path)]
         code = stream(per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args), env)
         errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
     if code != 0 or errors:
         first = next((error for error in errors if error), None)
         raise BenchError(first or f"node {plan.node_rank}: the DeepSpeed workers failed with exit code {code}")
-    return RunOutcome(run_id="", config=config, result=RunResult(metrics={}), seconds=time.perf_counter() - start)
+    return RunOutcome(run_id="", config=run.config, result=RunResult(metrics={}), seconds=time.perf_counter() - start)
 
 
 def _fail(tracker: Tracker, message: str) -> None:

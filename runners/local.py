@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmark.config import RunConfig
+from benchmark.resolve import ResolvedRun
 from benchmark.run import RunOutcome, execute, start_tracker
 from benchmark.tracking import tracked
 
@@ -26,15 +26,15 @@ class LocalRunner:
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options or LocalOptions()
 
-    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
-        """Run ``config`` here; with ``parent_run_id`` its MLflow run is nested under that run."""
-        return run_local(config, parent_run_id=parent_run_id)
+    def launch(self, run: ResolvedRun, parent_run_id: str | None = None) -> RunOutcome:
+        """Run ``run`` here; with ``parent_run_id`` its MLflow run is nested under that run."""
+        return run_local(run, parent_run_id=parent_run_id)
 
 
-def run_local(config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
-    """Run ``config`` in this process (``--device`` picks CPU or GPU) and return its outcome."""
+def run_local(run: ResolvedRun, parent_run_id: str | None = None) -> RunOutcome:
+    """Run ``run`` in this process (``--device`` picks CPU or GPU) and return its outcome."""
     if parent_run_id is None:
-        return execute(config)
-    tracker = start_tracker(config, parent_run_id=parent_run_id)
+        return execute(run)
+    tracker = start_tracker(run, parent_run_id=parent_run_id)
     with tracked(tracker):
-        return execute(config, tracker=tracker, finish=False)
+        return execute(run, tracker=tracker, finish=False)

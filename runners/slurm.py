@@ -12,6 +12,7 @@ Multi-GPU cells (``gpus_per_node`` > 1) run the DeepSpeed runner inside the allo
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import time
@@ -24,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmark.config import RunConfig
 from benchmark.methods.base import RunResult
-from benchmark.run import RunOutcome, start_tracker
+from benchmark.resolve import ResolvedRun
+from benchmark.run import RunOutcome, as_resolved, start_tracker
 from registry import BenchError
 
 # SLURM job states (sacct's first word) after which a job runs no more.
@@ -173,34 +175,35 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
 # ------------------------------------------------------------------------------------------ dead jobs
 
 
-def close_dead_run(config: RunConfig, parent_run_id: str | None, job: JobState, *, since_ms: int) -> str:
-    """Record that the job of ``config`` died: its RUNNING run (or, if it never started one, a new run)
+def close_dead_run(run: RunConfig | ResolvedRun, parent_run_id: str | None, job: JobState, *, since_ms: int) -> str:
+    """Record that the job of ``run`` died: its RUNNING run (or, if it never started one, a new run)
     is closed KILLED (cancelled, timed out, preempted) or FAILED (failed, out of memory, node failure),
     tagged with SLURM's state and reason. Returns the error message."""
     from mlflow.tracking import MlflowClient
 
-    from benchmark.resolve import resolve_run
     from benchmark.tracking import default_tracking_uri
 
+    run = as_resolved(run)
+    config = run.config
     status = "KILLED" if job.state in KILLED_STATES else "FAILED"
     message = f"SLURM job {job.job_id} ended {job.describe} before the run finished"
     client = MlflowClient(tracking_uri=config.tracking_uri or default_tracking_uri())
     experiment = client.get_experiment_by_name(config.experiment)
     runs = [] if experiment is None else client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.config_hash = '{resolve_run(config).config_hash()}' and "
+        filter_string=f"tags.config_hash = '{run.config_hash()}' and "
                       f"attributes.start_time >= {since_ms}")
     open_runs = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
     if not open_runs and any(r.info.status in ("FAILED", "KILLED") for r in runs):
         return message  # the run closed itself (a Python error inside the job): nothing left open
     if not open_runs:
-        tracker = start_tracker(config, parent_run_id=parent_run_id)
+        tracker = start_tracker(run, parent_run_id=parent_run_id)
         open_runs = [client.get_run(tracker.run_id)]
-    for run in open_runs:
+    for found in open_runs:
         for key, value in (("slurm_job_id", job.job_id), ("slurm_state", job.state),
                            ("slurm_reason", job.reason), ("error", message), ("killed_reason", message)):
-            client.set_tag(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id, status=status)
+            client.set_tag(found.info.run_id, key, value)
+        client.set_terminated(found.info.run_id, status=status)
     return message
 
 
@@ -249,14 +252,13 @@ class SlurmRunner:
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options: SlurmOptions = options or SlurmOptions()  # type: ignore[assignment]
 
-    def submit(self, config: RunConfig, parent_run_id: str | None = None) -> Any:
-        """Submit ``config`` as one job; returns the submitit job."""
-        from benchmark.resolve import resolve_run
+    def submit(self, run: ResolvedRun, parent_run_id: str | None = None) -> Any:
+        """Submit ``run`` as one job (resolved at the edge: every user error failed there, not in the job);
+        returns the submitit job."""
         from benchmark.tracking import default_tracking_uri
         from runners.slurm_job import run_cell
 
-        run = resolve_run(config)  # every user error fails here, not in the job
-        config = run.config.model_copy(update={"tracking_uri": config.tracking_uri or default_tracking_uri()})
+        config = run.config.model_copy(update={"tracking_uri": run.config.tracking_uri or default_tracking_uri()})
         executor = make_executor(self.options, job_folder(self.options, config), name=f"kb-{run.config_hash()[:8]}")
         inner, inner_options = inner_launcher(self.options)
         try:
@@ -264,14 +266,17 @@ class SlurmRunner:
         except Exception as exc:  # submitit raises subprocess / its own errors for a refused sbatch
             raise submit_error(exc) from None
 
-    def launch(self, config: RunConfig, parent_run_id: str | None = None) -> RunOutcome:
-        """Submit ``config`` and wait for its job; a job that dies is a `BenchError` with SLURM's reason."""
+    def launch(self, run: ResolvedRun, parent_run_id: str | None = None) -> RunOutcome:
+        """Submit ``run`` and wait for its job; a job that dies is a `BenchError` with SLURM's reason."""
         from benchmark.tracking import default_tracking_uri
 
         start = time.perf_counter()
         since_ms = int(time.time() * 1000) - 1000
-        config = config.model_copy(update={"tracking_uri": config.tracking_uri or default_tracking_uri()})
-        job = self.submit(config, parent_run_id)
+        # Where it logs is no part of the run's identity: the resolved run stays valid.
+        run = dataclasses.replace(run, config=run.config.model_copy(
+            update={"tracking_uri": run.config.tracking_uri or default_tracking_uri()}))
+        config = run.config
+        job = self.submit(run, parent_run_id)
         print(f"submitted SLURM job {job.job_id} (logs: {job.paths.stdout})", flush=True)
         ended: dict[str, Any] = {}
 
@@ -285,7 +290,7 @@ class SlurmRunner:
             if job.paths.result_pickle.exists():
                 ended["what"] = "done"
             else:
-                raise BenchError(close_dead_run(config, parent_run_id, state, since_ms=since_ms))
+                raise BenchError(close_dead_run(run, parent_run_id, state, since_ms=since_ms))
         try:
             reported = job.result()
         except Exception as exc:

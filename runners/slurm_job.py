@@ -54,7 +54,7 @@ def run_cell(config_json: dict[str, Any], parent_run_id: str | None, inner: str,
         with tracked(tracker):
             outcome = execute(run, tracker=tracker, finish=False)
     else:
-        outcome = make_runner(inner, inner_options).launch(config, parent_run_id=parent_run_id)
+        outcome = make_runner(inner, inner_options).launch(run, parent_run_id=parent_run_id)
         for key, value in job_tags.items():
             client.set_tag(outcome.run_id, key, value)
     return {"run_id": outcome.run_id, "metrics": dict(outcome.result.metrics), "skipped": False}

@@ -1,9 +1,11 @@
 """The DeepSpeed worker: one process per rank, started by the DeepSpeed launcher (``--module runners.worker``).
 
-It joins the process group, attaches rank 0 to the parent's MLflow run (other ranks log
-nothing), runs `benchmark.run.execute` with its rank and world size, and leaves closing the run
-to the parent. Rank 0 writes the method's result to ``--result`` for the parent; a rank that fails
-writes its error next to it (``<result>.error-rank<N>``).
+It joins the process group, resolves the run (its hash must be the parent's: the same inputs),
+attaches rank 0 to the parent's MLflow run (other ranks log nothing), runs `benchmark.run.execute`
+with a `Distribution` of its rank, the world size and DeepSpeed's stepper
+(`runners.deepspeed_stepper`), and leaves closing the run to the parent. Rank 0 writes the
+method's result to ``--result`` for the parent; a rank that fails writes its error next to it
+(``<result>.error-rank<N>``).
 Exit codes: 0 done, 2 user error (`BenchError`), 1 anything else.
 """
 
@@ -25,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The worker's arguments (the launcher appends ``--local_rank``)."""
     parser = argparse.ArgumentParser(prog="runners.worker", description=__doc__)
     parser.add_argument("--local_rank", type=int, default=int(os.environ.get("LOCAL_RANK", "0")))
-    parser.add_argument("--config", required=True, help="the RunConfig as base64 JSON")
+    parser.add_argument("--config", required=True, help="the run's canonical RunConfig as base64 JSON")
+    parser.add_argument("--config-hash", default=None, help="the run's config hash as the parent resolved it")
     parser.add_argument("--run-id", required=True, help="the MLflow run rank 0 logs into")
     parser.add_argument("--deepspeed-config", required=True, help="the DeepSpeed config as base64 JSON")
     parser.add_argument("--result", type=Path, default=None, help="where rank 0 writes the result JSON")
@@ -67,14 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     deepspeed.init_distributed(dist_backend="gloo" if on_cpu else None)
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
+    from benchmark.resolve import resolve_run
     from benchmark.run import execute
     from benchmark.tracking import NullTracker, Tracker
+    from runners.deepspeed_stepper import deepspeed_distribution
 
     tracker = Tracker.attach(tracking_uri=config.tracking_uri, run_id=args.run_id) if rank == 0 else NullTracker()
     code = 0
     try:
-        outcome = execute(config, tracker=tracker, finish=False, launcher="deepspeed", deepspeed_config=ds_config,
-                          rank=rank, world_size=world_size)
+        run = resolve_run(config, check_tokenizer=False)  # the parent checked the prompt already
+        if args.config_hash is not None and run.config_hash() != args.config_hash:
+            raise BenchError(f"rank {rank} resolved the run to config hash {run.config_hash()}, the launcher to "
+                             f"{args.config_hash}: its model or data differ on this node; give every node the same")
+        outcome = execute(run, tracker=tracker, finish=False,
+                          distribution=deepspeed_distribution(ds_config, rank=rank, world_size=world_size))
         if rank == 0:
             result = outcome.result
             _write(args.result, {"metrics": result.metrics, "predictions": result.predictions,

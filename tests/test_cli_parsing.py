@@ -9,15 +9,21 @@ from benchmark.config import RunConfig
 from registry import BenchError
 
 
-def test_parse_options_and_grid() -> None:
+def test_parse_options_and_grids() -> None:
     options = parse_options(["lr=1e-5", "steps=100", "loss=mse", "save-model=true"], ["lr=1e-5,2e-5", "batch_size=8"])
     assert options == {
-        "lr": 1e-5, "steps": 100, "loss": "mse", "save_model": True, "grid": {"lr": [1e-5, 2e-5], "batch_size": [8]}
+        "lr": 1e-5, "steps": 100, "loss": "mse", "save_model": True,
+        "train_grid": {"lr": [1e-5, 2e-5], "batch_size": [8]},
+    }
+    assert parse_options([], [], ["regularization=0,0.1", "f0-scaling=1"]) == {
+        "solver_grid": {"regularization": [0, 0.1], "f0_scaling": [1]}
     }
     with pytest.raises(BenchError, match="--opt expects key=value, got 'lr'"):
         parse_options(["lr"], [])
-    with pytest.raises(BenchError, match="--grid expects key=v1,v2"):
+    with pytest.raises(BenchError, match="--train-grid expects key=v1,v2"):
         parse_options([], ["lr="])
+    with pytest.raises(BenchError, match="--solver-grid expects key=v1,v2"):
+        parse_options([], [], ["regularization"])
 
 
 def test_parse_label_words() -> None:

@@ -11,24 +11,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from benchmark import training
+from benchmark import linear_probe, training
+from benchmark.adapters import lora_adapter
 from benchmark.config import RunConfig
+from benchmark.distribution import Distribution
 from benchmark.examples import Example
+from benchmark.linear_probe import init_head_from_probe
 from benchmark.methods import finetune
-from benchmark.methods.finetune import (
-    AdamOptions,
-    FtAdam,
-    LoraAdamOptions,
-    SgdOptions,
-    init_head_from_probe,
-    lora_adapter,
-    mark_trainable,
-)
+from benchmark.methods.finetune import AdamOptions, FtAdam, LoraAdamOptions, SgdOptions, mark_trainable
 from benchmark.models import ClsHeadLogitModel, PromptLogitModel
 from benchmark.prompts import PromptEncoder
 from benchmark.run import execute
 from benchmark.training import (
-    DistContext,
     Shard,
     TrainingOptions,
     build_optimizer,
@@ -272,7 +266,7 @@ def test_batch_size_must_divide_across_ranks(bert_tok, encoder, splits):
     train, dev = splits
     with pytest.raises(BenchError, match="not divisible by the 3 processes"):
         train_model(prompt_model(bert_tok, encoder), train, dev, opts(), optimizer="adam", seed=0, device=CPU,
-                    dist=DistContext(rank=0, world_size=3))
+                    dist=Distribution(rank=0, world_size=3))
 
 
 # ------------------------------------------------------------------------------------ LoRA and head
@@ -314,8 +308,6 @@ def test_lora_init_depends_on_seed(bert_tok):
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_linear_probe_head_init(bert_tok, binary, monkeypatch):
-    from benchmark.methods import baselines
-
     model = ClsHeadLogitModel(tiny.bert_mlm(bert_tok), 2, binary=binary)
     encoder = PromptEncoder(bert_tok, template=None, label_words=[], max_seq_len=32)
     train = encoder.encode_all(synthetic(8))
@@ -327,7 +319,7 @@ def test_linear_probe_head_init(bert_tok, binary, monkeypatch):
         calls.append((features.shape, labels.tolist(), c, seed))
         return weight, bias
 
-    monkeypatch.setattr(baselines, "fit_linear_probe", fake_probe)
+    monkeypatch.setattr(linear_probe, "fit_linear_probe", fake_probe)
 
     class Ctx:
         config = RunConfig(task="mr", method="ft-adam", seed=7, batch_size=4)
@@ -361,23 +353,30 @@ def test_save_and_load_weights_round_trip(bert_tok, encoder, tmp_path):
 def test_options_defaults_coercion_and_errors():
     assert AdamOptions().lr == 1e-5 and SgdOptions().lr == 1e-3 and LoraAdamOptions().lr == 1e-4
     assert AdamOptions(steps=1000).eval_every == 100 and AdamOptions().batch_size == 8
-    parsed = AdamOptions.model_validate({"lr": "2e-5", "batch_size": "4", "grid": {"lr": ["1e-5", 5e-5]}})
+    parsed = AdamOptions.model_validate({"lr": "2e-5", "batch_size": "4", "train_grid": {"lr": ["1e-5", 5e-5]}})
     assert parsed.lr == 2e-5 and parsed.batch_size == 4
     assert [p.lr for p in parsed.grid_points()] == [1e-5, 5e-5]
-    grid = AdamOptions(grid={"lr": [1e-5, 2e-5], "batch_size": [2, 4]}).grid_points()
+    grid = AdamOptions(train_grid={"lr": [1e-5, 2e-5], "batch_size": [2, 4]}).grid_points()
     assert [(p.lr, p.batch_size) for p in grid] == [(1e-5, 2), (1e-5, 4), (2e-5, 2), (2e-5, 4)]
-    config = RunConfig(task="mr", method="ft-adam", options={"grid": {"momentum": [0.9]}})
-    with pytest.raises(BenchError, match="grid key 'momentum' is not an option"):
+    config = RunConfig(task="mr", method="ft-adam", options={"train_grid": {"momentum": [0.9]}})
+    with pytest.raises(BenchError, match="train_grid key 'momentum' is not an option"):
         FtAdam.from_config(config)
     with pytest.raises(BenchError, match="bad option 'loss'"):
         FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"loss": "hinge"}))
-    with pytest.raises(BenchError, match="grid point"):
-        FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"grid": {"lr": [1e-5, "fast"]}}))
+    with pytest.raises(BenchError, match="train_grid point"):
+        FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"train_grid": {"lr": [1e-5, "fast"]}}))
     # the model is built once per run: a grid over its structure would be ignored, so it is refused
-    with pytest.raises(BenchError, match=r"grid key 'lora_r' changes the model.*bench sweep --grid lora_r=v1,v2"):
+    with pytest.raises(BenchError, match=r"train_grid key 'lora_r' changes the model.*bench sweep --grid lora_r=v1,v2"):
         METHODS.get("lora-adam").from_config(
-            RunConfig(task="mr", method="lora-adam", options={"grid": {"lora_r": [4, 8]}})
+            RunConfig(task="mr", method="lora-adam", options={"train_grid": {"lora_r": [4, 8]}})
         )
+    with pytest.raises(BenchError, match="train_grid key 'lr' needs a non-empty list"):
+        FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"train_grid": {"lr": []}}))
+    # the option's old name is refused with the new one, on one line
+    with pytest.raises(BenchError, match=r"^method 'ft-adam' has no option 'grid' any more: it is 'train_grid' "
+                                         r"\(bench run --train-grid key=v1,v2") as caught:
+        FtAdam.from_config(RunConfig(task="mr", method="ft-adam", options={"grid": {"lr": [1e-5]}}))
+    assert "\n" not in str(caught.value)
 
 
 def test_methods_are_registered_with_aliases():
@@ -442,7 +441,7 @@ def test_grid_selects_by_dev_accuracy_and_logs_points(run_config, monkeypatch):
 
     monkeypatch.setattr(finetune, "train_model", scripted)
     config = run_config("ft-adam", options={"steps": 2, "eval_every": 1, "batch_size": 4,
-                                            "grid": {"lr": [1e-4, 1e-3, 1e-2]}})
+                                            "train_grid": {"lr": [1e-4, 1e-3, 1e-2]}})
     outcome = execute(config)
     assert outcome.result.params["grid_best"] == 1 and outcome.result.params["grid.lr"] == 1e-3
     run = MlflowClient(config.tracking_uri).get_run(outcome.run_id)
@@ -486,7 +485,9 @@ def test_methods_run_end_to_end_and_log_to_mlflow(run_config, method, options, t
 
 
 def test_saved_lora_model_loads_back_for_diagnostics(run_config, tmp_path):
+    """`rebuild_finetuned` gives the saved theta_FT (same predictions) and the run's own theta_0."""
     from benchmark.data import load_splits
+    from benchmark.finetuned import rebuild_finetuned
     from benchmark.methods.base import RunContext
     from benchmark.resolve import resolve_run
     from benchmark.tracking import NullTracker
@@ -497,14 +498,31 @@ def test_saved_lora_model_loads_back_for_diagnostics(run_config, tmp_path):
     local = MlflowClient(config.tracking_uri).download_artifacts(outcome.run_id, "model", str(tmp_path))
     run = resolve_run(config)
     splits = load_splits(run.task, k=config.k, seed=config.seed, data_dir=config.data_dir, test_cap=config.test_cap)
-    ctx = RunContext(run=run, splits=splits, tracker=NullTracker(), device=CPU, work_dir=tmp_path)
-    prepared = finetune.load_finetuned(ctx, Path(local))
+
+    def context(run) -> RunContext:
+        return RunContext(run=run, splits=splits, tracker=NullTracker(), device=CPU, work_dir=tmp_path)
+
+    rebuilt = rebuild_finetuned(context(run), Path(local))
+    prepared = rebuilt.prepared
     metrics, predicted = training.evaluate_split(prepared.model, prepared.encoded["test"], "test", batch_size=8,
-                                                 device=CPU, dist=DistContext(), report_f1=False)
+                                                 device=CPU, dist=Distribution(), report_f1=False)
     assert predicted == outcome.result.predictions["test"]
     assert metrics["test_acc"] == outcome.result.metrics["test_acc"]
+    # theta_0 is what the run started from: the same method builds the same seeded LoRA init
+    fresh, _ = run.method.build_model(context(run), run.method.options, binary=run.binary)
+    start = training.snapshot(fresh.model)
+    assert set(rebuilt.theta_0) == set(start) and any("lora_A" in name for name in start)
+    assert all(torch.equal(rebuilt.theta_0[name], start[name]) for name in start)
+    assert not all(torch.equal(rebuilt.theta_0[n], p.detach()) for n, p in prepared.model.named_parameters()
+                   if n in start)  # the weights loaded are not theta_0
     with pytest.raises(BenchError, match="not a saved fine-tuned model"):
-        finetune.load_finetuned(ctx, tmp_path / "nothing")
+        rebuild_finetuned(context(run), tmp_path / "nothing")
+    full = resolve_run(run_config("ft-adam", options={"steps": 10}))
+    with pytest.raises(BenchError, match="saved by a LoRA fine-tuning run \\('lora-adam'\\), not by 'ft-adam'"):
+        rebuild_finetuned(context(full), Path(local))
+    zero = resolve_run(run_config("zero-shot"))
+    with pytest.raises(BenchError, match="'zero-shot' is not a fine-tuning method"):
+        rebuild_finetuned(context(zero), Path(local))
 
 
 def test_init_head_linear_probe_needs_template_none(run_config):

@@ -33,7 +33,7 @@ def test_grid_progress_bars_name_the_values(workspace, monkeypatch, capsys) -> N
 
     monkeypatch.setattr(training, "tqdm", recording)
     code, _out, err = invoke(_run_args(workspace, "--task", "mr", "--method", "ft-sgd", "--opt", "steps=2",
-                                       "--opt", "eval_every=2", "--grid", "lr=0.01,0.001"), monkeypatch, capsys)
+                                       "--opt", "eval_every=2", "--train-grid", "lr=0.01,0.001"), monkeypatch, capsys)
     assert code == 0, err
     assert [d for d in descriptions if d.endswith("train")] == ["lr=0.01 train", "lr=0.001 train"]
 

@@ -36,10 +36,14 @@ class NoteRunner:
     def __init__(self, options):
         self.options = options
 
-    def launch(self, config, parent_run_id=None):
-        outcome = run_local(config, parent_run_id=parent_run_id)
+    def launch(self, run, parent_run_id=None):
         from mlflow.tracking import MlflowClient
-        MlflowClient(config.tracking_uri).set_tag(outcome.run_id, "plugin_note", self.options.note * self.options.times)
+        from benchmark.resolve import ResolvedRun
+        assert isinstance(run, ResolvedRun), type(run)  # resolved once, by the CLI
+        outcome = run_local(run, parent_run_id=parent_run_id)
+        client = MlflowClient(run.config.tracking_uri)
+        client.set_tag(outcome.run_id, "plugin_note", self.options.note * self.options.times)
+        client.set_tag(outcome.run_id, "plugin_saw", f"{run.method.name} {run.method.distributed} {run.config_hash()}")
         return outcome
 '''
 
@@ -107,3 +111,4 @@ def test_plugin_runner_via_entry_points(tmp_path: Path, tiny_bert_dir: Path) -> 
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("kernel-bench").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["plugin_note"] == "hihi"
+    assert run.data.tags["plugin_saw"] == f"zero-shot False {run.data.tags['config_hash']}"

@@ -14,13 +14,15 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from benchmark.config import RunConfig
+from benchmark.distribution import Distribution
 from benchmark.examples import Example
 from benchmark.models import PromptLogitModel
 from benchmark.prompts import PromptEncoder
-from benchmark.training import DistContext, TrainingOptions, deepspeed_train_config, train_model
+from benchmark.training import TrainingOptions, train_model
 from registry import BenchError
 from runners import LaunchOptions, launch
 from runners import deepspeed as ds_runner
+from runners.deepspeed_stepper import deepspeed_train_config
 from tests import tiny
 from tests.test_finetune import NEGATIVE, POSITIVE, TEMPLATE, experiment_runs, write_mr
 
@@ -205,7 +207,7 @@ def _train_rank(rank: int, world_size: int, port: int, directory: str, out: str)
     model, train, dev = _tiny_problem(Path(directory) / f"tok{rank}")
     options = TrainingOptions(lr=3e-3, batch_size=4, steps=9, eval_every=3)
     result = train_model(model, train, dev, options, optimizer="adam", seed=13, device=torch.device("cpu"),
-                         dist=DistContext(rank=rank, world_size=world_size))
+                         dist=Distribution(rank=rank, world_size=world_size))
     if rank == 0:
         history = [(r.step, r.train_loss, r.metrics["dev_acc"]) for r in result.history]
         torch.save({"history": history, "params": dict(model.named_parameters())}, out)
@@ -261,7 +263,7 @@ def test_deepspeed_two_cpu_ranks_match_the_local_run(make_config, monkeypatch, c
 def test_batch_size_that_ranks_cannot_split_fails_before_launch(make_config, monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    config = make_config(grid={"batch_size": [4, 3]})
+    config = make_config(train_grid={"batch_size": [4, 3]})
     with pytest.raises(BenchError, match="batch_size 3 is not divisible by the 2 processes"):
         launch(config, LaunchOptions(launcher="deepspeed", num_gpus=2))
     assert experiment_runs(config) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,52 @@ def test_slurm_sweep_flags_need_the_slurm_launcher(monkeypatch, capsys):
 
     code, _, err = invoke(["sweep", "--tasks", "mr", "--methods", "zero-shot", "--status"], monkeypatch, capsys)
     assert code == 2 and "--status and --max-parallel are for --launcher slurm" in err
+
+
+def test_a_jobs_cell_runs_once_and_an_inner_runner_gets_the_resolved_run(tmp_path: Path, tiny_bert_dir: Path,
+                                                                          monkeypatch):
+    """`run_cell` (what a SLURM job executes) without a cluster: the cell is resolved once in the job and run by
+    the inner runner; a second job of the same cell finds its FINISHED run and skips it."""
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.config import RunConfig
+    from benchmark.resolve import ResolvedRun
+    from runners.slurm_job import run_cell
+    from tests.test_cli_e2e import write_mr_fixture
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = RunConfig(task="mr", method="zero-shot", backbone=str(tiny_bert_dir), k=4, seed=13, test_cap=12,
+                       data_dir=write_mr_fixture(tmp_path / "data"), tracking_uri=uri, cache_dir=tmp_path / "cache")
+    first = run_cell(config.model_dump(mode="json"), None, "local", {})
+    assert not first["skipped"]
+    run = MlflowClient(uri).get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["slurm_job_id"] == "4242"
+    assert run.data.metrics["test_acc"] == first["metrics"]["test_acc"]
+    again = run_cell(config.model_dump(mode="json"), None, "local", {})
+    assert again["skipped"] and again["run_id"] == first["run_id"]
+    assert {k: again["metrics"][k] for k in first["metrics"]} == first["metrics"]  # the store's (+ wall_seconds)
+    other = config.model_copy(update={"seed": 21})
+    # Inner deepspeed (a multi-GPU job): the DeepSpeed parent gets the job's resolved run; its launcher is replaced
+    # by a script that reports a result, as in tests/test_runners.py.
+    from runners import deepspeed as ds_runner
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    parents: list[object] = []
+    run_deepspeed = ds_runner.run_deepspeed
+
+    def recording_ds(run, options, parent_run_id=None):
+        parents.append(run)
+        return run_deepspeed(run, options, parent_run_id=parent_run_id)
+
+    script = "import json, sys; json.dump({'metrics': {'dev_acc': 0.25}}, open(sys.argv[1], 'w'))"
+    monkeypatch.setattr(ds_runner, "run_deepspeed", recording_ds)
+    monkeypatch.setattr(ds_runner, "launcher_command", lambda options, *, num_gpus, port, worker_args: [
+        sys.executable, "-c", script, worker_args[worker_args.index("--result") + 1]])
+    through = run_cell(other.model_dump(mode="json"), None, "deepspeed", {"num_gpus": 2})
+    (given,) = parents
+    assert isinstance(given, ResolvedRun) and given.config.seed == 21
+    assert through == {"run_id": through["run_id"], "metrics": {"dev_acc": 0.25}, "skipped": False}
+    tags = MlflowClient(uri).get_run(through["run_id"]).data.tags
+    assert tags["slurm_job_id"] == "4242" and tags["world_size"] == "2" and tags["config_hash"] == given.config_hash()

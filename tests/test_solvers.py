@@ -11,14 +11,14 @@ import torch
 from benchmark.kernels import (
     SOLVERS,
     KernelSplit,
-    accuracy,
     default_grid,
     get_solver,
     one_standard_error,
-    predict_labels,
+    score_accuracy,
     select_hyperparameters,
 )
 from benchmark.kernels.solvers import flatten, target_matrix
+from benchmark.metrics import predict_labels
 from registry import BenchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,17 +146,17 @@ def test_asym_recovers_labels_on_a_separable_problem(num_outputs) -> None:
     dev = KernelSplit(train.kernel, train.flipped)  # any split works for selection; use train here
     best = select_hyperparameters("asym", train, y, dev, y)
     assert best.dev_score == 1.0
-    assert accuracy(best.solver.decision(ev), y_ev) >= 0.95
+    assert score_accuracy(best.solver.decision(ev), y_ev) >= 0.95
     # lambda only enters the prediction: the shared fit gives what a fresh fit gives
     point = best.hyperparameters
     fresh = get_solver("asym", **point).fit(train, y)
     assert torch.allclose(fresh.decision(ev), best.solver.decision(ev), rtol=1e-12, atol=1e-12)
     other = {**point, "lam": 1.0 - point["lam"]}
     shared = select_hyperparameters("asym", train, y, dev, y, grid=[point, other]).scores
-    assert shared[1][1] == accuracy(get_solver("asym", **other).fit(train, y).decision(dev), y)
+    assert shared[1][1] == score_accuracy(get_solver("asym", **other).fit(train, y).decision(dev), y)
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
+@pytest.mark.parametrize("name", SOLVERS.names())
 @pytest.mark.parametrize("num_outputs", [1, 3])
 def test_every_solver_handles_binary_and_multiclass(name, num_outputs) -> None:
     asym = name == "asym"
@@ -165,7 +165,7 @@ def test_every_solver_handles_binary_and_multiclass(name, num_outputs) -> None:
     solver = get_solver(name, **hyper).fit(train, y)
     scores = solver.decision(ev)
     assert scores.shape == (30, num_outputs) and scores.dtype == torch.float64
-    assert accuracy(scores, y_ev) >= 0.9
+    assert score_accuracy(scores, y_ev) >= 0.9
     assert solver.predict(ev).shape == (30,)
 
 
@@ -177,7 +177,7 @@ def test_selection_picks_the_best_dev_point_and_reuses_kernels() -> None:
 
     def metric(scores: torch.Tensor, labels: torch.Tensor) -> float:
         seen.append(scores.shape)
-        return accuracy(scores, labels)
+        return score_accuracy(scores, labels)
 
     best = select_hyperparameters("lstsq", train, y, ev, y_ev, grid=grid, metric=metric, rule="best")
     assert len(best.scores) == 3 and len(seen) == 3

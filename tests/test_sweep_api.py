@@ -84,8 +84,8 @@ def test_dict_and_list_valued_method_options_pass_from_a_sweep_file_as_they_are(
     sweep_file = tmp_path / "s.yaml"
     sweep_file.write_text(
         "tasks: [mr]\nmethods:\n"
-        "  ft-adam: {options: {grid: {lr: [1.0e-4, 1.0e-3]}, steps: 2}}\n"
-        "  ntk-sgd: {options: {grid: [{regularization: 0.0}, {regularization: 0.01}]}}\n"
+        "  ft-adam: {options: {train_grid: {lr: [1.0e-4, 1.0e-3]}, steps: 2}}\n"
+        "  ntk-sgd: {options: {solver_grid: {regularization: [0.0, 0.01]}}}\n"
         "  linear-probe: {options: {c_grid: [0.5, 2.0]}, grid: {max_iter: [50, 100]}}\n"
         f"k: [4]\nseeds: [13, 21]\nbackbone: {ws['model']}\ndata_dir: {ws['data']}\n")
     cells = expand_cells(spec_from_cli(sweep_file, {}, [], []), tracking_uri=UNUSED)
@@ -93,23 +93,23 @@ def test_dict_and_list_valued_method_options_pass_from_a_sweep_file_as_they_are(
     for cell in cells:
         if cell.config.seed == 13:
             by_method.setdefault(cell.config.method, []).append(cell.config.options)
-    assert by_method["ft-adam"] == [{"diagnostics": True, "grid": {"lr": [1e-4, 1e-3]}, "steps": 2}]
-    assert by_method["ntk-sgd"] == [{"grid": [{"regularization": 0.0}, {"regularization": 0.01}]}]
+    assert by_method["ft-adam"] == [{"diagnostics": True, "train_grid": {"lr": [1e-4, 1e-3]}, "steps": 2}]
+    assert by_method["ntk-sgd"] == [{"solver_grid": {"regularization": [0.0, 0.01]}}]
     assert by_method["linear-probe"] == [{"c_grid": [0.5, 2.0], "max_iter": m} for m in (50, 100)]
     ft = next(c for c in cells if c.config.method == "ft-adam")
-    assert ft.run is not None and ft.run.method.options.grid == {"lr": [1e-4, 1e-3]}  # validated by the method
+    assert ft.run is not None and ft.run.method.options.train_grid == {"lr": [1e-4, 1e-3]}  # validated by the method
     kernel = next(c for c in cells if c.config.method == "ntk-sgd")
-    assert kernel.run is not None and kernel.run.method.options.grid == [{"regularization": 0.0},
-                                                                         {"regularization": 0.01}]
+    assert kernel.run is not None and kernel.run.method.options.solver_grid == [{"regularization": 0.0},
+                                                                                {"regularization": 0.01}]
     # The same from the command line, and the in-run grid is part of the cell's identity.
     spec = spec_from_cli(None, {"tasks": "mr", "methods": "ft-adam", "k": "4", "seeds": [13], "backbones": ws["model"],
-                                "data_dir": ws["data"]}, ['ft-adam:grid={"lr": [0.0001, 0.001]}', "steps=2"], [])
+                                "data_dir": ws["data"]}, ['ft-adam:train_grid={"lr": [0.0001, 0.001]}', "steps=2"], [])
     (cli_cell,) = expand_cells(spec, tracking_uri=UNUSED)
     assert cli_cell.config.options == ft.config.options and cli_cell.hash == ft.hash
     spec = spec_from_cli(None, {"tasks": "mr", "methods": "ft-adam", "k": "4", "seeds": [13], "backbones": ws["model"],
-                                "data_dir": ws["data"]}, ['ft-adam:grid={"lr": [0.0001]}', "steps=2"], [])
+                                "data_dir": ws["data"]}, ['ft-adam:train_grid={"lr": [0.0001]}', "steps=2"], [])
     assert expand_cells(spec, tracking_uri=UNUSED)[0].hash != ft.hash
-    with pytest.raises(BenchError, match="bad option 'grid' for method 'ntk-sgd'"):
+    with pytest.raises(BenchError, match="method 'ntk-sgd' has no option 'grid' any more: it is 'solver_grid'"):
         expand_cells(validate_spec({"tasks": ["mr"], "methods": {"ntk-sgd": {"options": {"grid": {"lr": [1]}}}},
                                     "k": [4], "seeds": [13], "backbone": ws["model"], "data_dir": ws["data"]}),
                      tracking_uri=UNUSED)

@@ -49,7 +49,7 @@ def test_experiments_are_classic_ml_and_run_names_unique(tmp_path, tiny_bert_dir
     configs = [
         base,
         base.model_copy(update={"options": {"lr": 1e-4}}),
-        base.model_copy(update={"options": {"grid": {"lr": [1e-5, 1e-4]}}}),
+        base.model_copy(update={"options": {"train_grid": {"lr": [1e-5, 1e-4]}}}),
         base.model_copy(update={"template": "none"}),
         base.model_copy(update={"options": {"diagnostics": True}}),  # a measurement: the same cell, same name
     ]

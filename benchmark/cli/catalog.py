@@ -96,7 +96,7 @@ def option_rows(method: Any) -> list[tuple[str, str, str, str]]:
 
 @app.command("describe")
 def describe_cmd(method: Annotated[str, typer.Argument(help="registered method name or alias")]) -> None:
-    """Show a method's options (``--opt key=value``, ``--grid key=v1,v2``) with their types and defaults."""
+    """Show a method's options (``--opt key=value``, ``--train-grid`` / ``--solver-grid key=v1,v2``) and defaults."""
     from registry import METHODS, load_builtins
 
     load_builtins()

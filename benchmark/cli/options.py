@@ -20,6 +20,6 @@ CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="cache for
 LauncherOpt = Annotated[str, typer.Option("--launcher", help="runner: local | deepspeed | slurm | a plugin's")]
 LaunchOptOpt = Annotated[list[str], typer.Option("--launch-opt", help="runner option key=value (repeatable)")]
 NumGpusOpt = Annotated[int | None, typer.Option("--num-gpus", help="processes per node (deepspeed)")]
-NumNodesOpt = Annotated[int, typer.Option("--num-nodes", help="nodes (deepspeed)")]
+NumNodesOpt = Annotated[int | None, typer.Option("--num-nodes", help="nodes (deepspeed; default 1)")]
 HostfileOpt = Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile")]
 DeepspeedConfigOpt = Annotated[Path | None, typer.Option("--deepspeed-config", help="DeepSpeed JSON config")]

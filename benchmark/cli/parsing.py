@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from benchmark.grids import GRID_FLAGS
 from registry import BenchError
 
 
@@ -16,23 +17,31 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_options(opts: list[str], grid: list[str]) -> dict[str, Any]:
-    """``--opt key=value`` and ``--grid key=v1,v2`` pairs as a method-options dict."""
+def parse_options(
+    opts: list[str], train_grid: list[str] = [], solver_grid: list[str] = []  # noqa: B006
+) -> dict[str, Any]:
+    """``--opt key=value``, ``--train-grid key=v1,v2`` and ``--solver-grid key=v1,v2`` as a method-options dict."""
     options: dict[str, Any] = {}
     for item in opts:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise BenchError(f"--opt expects key=value, got '{item}'")
         options[key.strip().replace("-", "_")] = parse_value(value.strip())
-    if grid:
-        grid_values: dict[str, list[Any]] = {}
-        for item in grid:
-            key, sep, values = item.partition("=")
-            if not sep or not key.strip() or not values.strip():
-                raise BenchError(f"--grid expects key=v1,v2,..., got '{item}'")
-            grid_values[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
-        options["grid"] = grid_values
+    for name, items in (("train_grid", train_grid), ("solver_grid", solver_grid)):
+        if items:
+            options[name] = parse_grid(items, GRID_FLAGS[name])
     return options
+
+
+def parse_grid(items: list[str], flag: str) -> dict[str, list[Any]]:
+    """``key=v1,v2`` items (of ``flag``) as ``{key: [v1, v2]}``, in the order given."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise BenchError(f"{flag} expects key=v1,v2,..., got '{item}'")
+        grid[key.strip().replace("-", "_")] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
 
 
 def parse_label_words(text: str | None) -> tuple[str, ...] | dict[str, str] | None:

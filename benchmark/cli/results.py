@@ -90,7 +90,8 @@ def diagnose_cmd(
     theta_0 is rebuilt from the run's config (same seed and head init) and theta_FT is loaded from its
     saved weights (``--opt save_model=true``); the metrics and diagnostics.json are logged into the run.
     """
-    from benchmark.diagnostics import diagnose_run, format_diagnostics
+    from benchmark.diagnostics import format_diagnostics
+    from benchmark.finetuned import diagnose_run
 
     diag = diagnose_run(run_id, tracking_uri=tracking_uri, log=log)
     for line in format_diagnostics(diag):

@@ -30,6 +30,7 @@ from benchmark.cli.options import (
     TrackingUriOpt,
 )
 from benchmark.cli.parsing import parse_label_words, parse_options, parse_seeds
+from benchmark.grids import refuse_missing_grid
 from registry import BenchError
 
 
@@ -70,14 +71,18 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="evaluation batch size")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     opt: Annotated[list[str], typer.Option("--opt", help="method option key=value (repeatable)")] = [],  # noqa: B006
-    grid: Annotated[list[str], typer.Option("--grid", help="hyper-parameter grid key=v1,v2 (repeatable)")] = [],  # noqa: B006
+    train_grid: Annotated[list[str], typer.Option(
+        "--train-grid", help="fine-tuning: in-run search key=v1,v2, best dev kept (repeatable)")] = [],  # noqa: B006
+    solver_grid: Annotated[list[str], typer.Option(
+        "--solver-grid", help="kernel methods: solver settings key=v1,v2 tried on dev (repeatable)")] = [],  # noqa: B006
+    grid: Annotated[list[str], typer.Option("--grid", hidden=True, help="a bench sweep flag")] = [],  # noqa: B006
     tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name")] = "kernel-bench",
     cache_dir: CacheDirOpt = None,
     launcher: LauncherOpt = "local",
     launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
-    num_nodes: NumNodesOpt = 1,
+    num_nodes: NumNodesOpt = None,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     save_kernels: Annotated[bool, typer.Option("--save-kernels", help="kernel methods: log the kernels")] = False,
@@ -93,7 +98,11 @@ def run_cmd(
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
-    options = parse_options(opt, grid)
+    if grid:
+        raise BenchError("bench run has no --grid (a bench sweep flag: one run per value); inside one run use "
+                         "--train-grid key=v1,v2 (fine-tuning) or --solver-grid key=v1,v2 (kernel solver settings)")
+    options = parse_options(opt, train_grid, solver_grid)
+    refuse_missing_grid(method, options)
     if save_kernels:
         options["save_kernels"] = True
     if diagnostics:
@@ -111,11 +120,14 @@ def run_cmd(
         for s in parse_seeds(seed)
     ]
     runner = _runner(launcher, launch_opt, num_gpus, num_nodes, hostfile, deepspeed_config)
-    if launcher == "deepspeed":
+    from benchmark.resolve import resolve_run
+
+    runs = [resolve_run(config) for config in configs]  # once, here: the runner and the engine take them as they are
+    if runner.name == "deepspeed":
         _deepspeed_first_run_note()
     outcomes = []
-    for config in configs:
-        outcome = runner.launch(config)
+    for config, run in zip(configs, runs, strict=True):
+        outcome = runner.launch(run)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.result.metrics.items()))
         console.print(f"[green]done[/] {config.task or task_file} {config.method} seed={config.seed}: {metrics} "
                       f"({outcome.seconds:.1f}s, run {outcome.run_id})", highlight=False)
@@ -146,21 +158,14 @@ def _deepspeed_first_run_note() -> None:
                           highlight=False, soft_wrap=True)
 
 
-def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int, hostfile: Path | None,
-            deepspeed_config: Path | None) -> Any:
-    """The runner for ``--launcher`` with its ``--launch-opt``s (and the DeepSpeed shorthand flags) validated."""
-    from runners import RUNNERS, make_runner, parse_launch_opts
+def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int | None,
+            hostfile: Path | None, deepspeed_config: Path | None) -> Any:
+    """The runner for ``--launcher``; its options (``--launch-opt``, the shorthand flags) are validated by it."""
+    from runners import make_runner, parse_launch_opts
 
-    options = parse_launch_opts(launch_opt)
-    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes if num_nodes != 1 else None, "hostfile": hostfile,
+    shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes, "hostfile": hostfile,
                   "deepspeed_config": deepspeed_config}
-    given = {key: value for key, value in shorthands.items() if value is not None}
-    if given:
-        if RUNNERS.resolve_name(launcher) != "deepspeed":
-            raise BenchError("--num-gpus/--num-nodes/--hostfile/--deepspeed-config need --launcher deepspeed "
-                             "(other launchers take --launch-opt key=value)")
-        options = {**given, **options}
-    return make_runner(launcher, options)
+    return make_runner(launcher, parse_launch_opts(launch_opt), shorthands=shorthands)
 
 
 @app.command("kernel")

@@ -103,7 +103,7 @@ def sweep_cmd(
     launcher: LauncherOpt = "local",
     launch_opt: LaunchOptOpt = [],  # noqa: B006
     num_gpus: NumGpusOpt = None,
-    num_nodes: NumNodesOpt = 1,
+    num_nodes: NumNodesOpt = None,
     hostfile: HostfileOpt = None,
     deepspeed_config: DeepspeedConfigOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed cell")] = False,

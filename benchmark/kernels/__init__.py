@@ -1,4 +1,8 @@
-"""eNTK kernels (sgd, signgd, asym) of a logit model, kernel solvers, and a validated disk cache.
+"""eNTK kernels of a logit model (formulas, strategies), kernel solvers, and a validated disk cache.
+
+Formulas (``sgd``, ``signgd``, ``asym``, plugins') are plain data in `registry.formulas.FORMULAS`;
+strategies (``fast``, ``reference``) in `STRATEGIES`; solvers in `SOLVERS`; per-layer per-example
+gradient rules in `per_example.GRAD_RULES`. All four take entry-point plugins.
 
 Typical use by a kernel method::
 
@@ -20,27 +24,19 @@ from benchmark.kernels.cache import (
 from benchmark.kernels.memory import PeakMemory, default_budget, parse_bytes
 from benchmark.kernels.ntk import (
     FORMULAS,
-    STRATEGIES,
     AsymKernel,
+    KernelOutputs,
     KernelValue,
     empirical_ntk,
     empirical_ntks,
+    formula_value,
     initial_logits,
     normalize_formula,
 )
 from benchmark.kernels.params import PRESETS, ParamsSpec, params_tag, select_parameters
-from benchmark.kernels.solvers import (
-    SOLVERS,
-    KernelSolver,
-    KernelSplit,
-    Selection,
-    accuracy,
-    default_grid,
-    get_solver,
-    one_standard_error,
-    predict_labels,
-    select_hyperparameters,
-)
+from benchmark.kernels.selection import Selection, one_standard_error, score_accuracy, select_hyperparameters
+from benchmark.kernels.solvers import SOLVERS, KernelSolver, KernelSplit, default_grid, get_solver, register_solver
+from benchmark.kernels.strategies import STRATEGIES, KernelArgs, Strategy, get_strategy, register_strategy
 
 __all__ = [
     "CACHE_FORMAT",
@@ -49,7 +45,9 @@ __all__ = [
     "SOLVERS",
     "STRATEGIES",
     "AsymKernel",
+    "KernelArgs",
     "KernelCache",
+    "KernelOutputs",
     "KernelSolver",
     "KernelSplit",
     "KernelValue",
@@ -57,20 +55,24 @@ __all__ = [
     "PeakMemory",
     "ReferenceKernels",
     "Selection",
-    "accuracy",
+    "Strategy",
     "default_budget",
     "default_grid",
     "empirical_ntk",
     "empirical_ntks",
+    "formula_value",
     "get_solver",
+    "get_strategy",
     "initial_logits",
     "load_reference_kernels",
     "normalize_formula",
     "one_standard_error",
     "params_tag",
     "parse_bytes",
-    "predict_labels",
     "reference_kernel_path",
+    "register_solver",
+    "register_strategy",
+    "score_accuracy",
     "select_hyperparameters",
     "select_parameters",
 ]

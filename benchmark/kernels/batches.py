@@ -71,13 +71,6 @@ def prepare(batches: Sequence[Batch], device: torch.device, model: nn.Module | N
     return Examples(out, [batch_size(b) for b in out])
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size), (0, 1) without an initialised process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 @contextmanager
 def differentiable(model: nn.Module, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
     """Eval mode, gradients on ``tensors`` only, autograd enabled; restored afterwards."""

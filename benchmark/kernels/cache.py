@@ -134,7 +134,10 @@ class KernelCache:
         compute: Callable[[], Mapping[str, torch.Tensor]],
         expected: Mapping[str, tuple[int, ...]] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Cached tensors for ``config``, or ``compute()`` saved (after checking ``expected`` shapes)."""
+        """Cached tensors for ``config``, or ``compute()`` saved (after checking ``expected`` shapes).
+
+        A cache that cannot be written (read-only, full) costs one warning, never the computed tensors.
+        """
         cached = self.load(config, expected)
         if cached is not None:
             return cached
@@ -144,17 +147,34 @@ class KernelCache:
                 if name not in fresh or tuple(fresh[name].shape) != tuple(shape):
                     got = tuple(fresh[name].shape) if name in fresh else "missing"
                     raise BenchError(f"computed kernel '{name}' has shape {got}, expected {tuple(shape)}")
-        self.save(config, fresh)
+        self.save_or_warn(config, fresh)
         return fresh
+
+    def save_or_warn(self, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path | None:
+        """`save`, or one warning and None when the cache cannot be written."""
+        try:
+            return self.save(config, tensors)
+        except OSError as exc:
+            logger.warning("could not write the kernel cache in %s (%s); the run goes on without it", self.root, exc)
+            return None
 
 
 @dataclass(frozen=True)
 class ReferenceKernels:
-    """One kernel file of the reference: kernel ``[N_train, C, N_x, C]``, flipped (asym), labels."""
+    """One kernel file of the reference: each output of the formula ``[N_train, C, N_x, C]``, and labels."""
 
-    kernel: torch.Tensor
-    flipped: torch.Tensor | None
+    outputs: dict[str, torch.Tensor]
     labels: torch.Tensor
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The first output, ``kernel``."""
+        return self.outputs["kernel"]
+
+    @property
+    def flipped(self) -> torch.Tensor | None:
+        """asym's flipped kernel (None for a formula without it)."""
+        return self.outputs.get("flipped")
 
 
 def reference_kernel_path(directory: Path | str, split: str, task: str) -> Path:
@@ -172,14 +192,16 @@ def load_reference_kernels(
 ) -> ReferenceKernels:
     """Load and validate a kernel file written by princeton-nlp/LM-Kernel-FT.
 
-    The file holds ``(kernel, labels)``: ``kernel`` is ``[N_train, C, N_x, C]``, or for the
-    A-SignGD formula a stack ``[2, N_train, C, N_x, C]`` of the kernel and its flip. Labels are
+    The file holds ``(kernel, labels)``: ``kernel`` is ``[N_train, C, N_x, C]``, or for a formula with
+    several outputs the stack of them in the formula's order (A-SignGD: ``[2, N_train, C, N_x, C]``,
+    the kernel and its flip). Labels are
     returned as class indices (the reference's -1/+1 binary labels become 0/1). Any mismatch with
     the given ``n_train``, ``n_examples`` (N_x) or ``num_outputs`` (C) raises `BenchError`.
     """
-    from benchmark.kernels.ntk import normalize_formula
+    from registry.formulas import get_formula
 
-    formula = normalize_formula(formula)
+    spec = get_formula(formula)
+    names = spec.output_names
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"reference kernel file '{path}' not found")
@@ -192,25 +214,29 @@ def load_reference_kernels(
     kernel, labels = payload
     if not isinstance(kernel, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise BenchError(f"'{path}' should hold two tensors (kernel, labels)")
-    flipped = None
-    if formula == "asym":
-        if kernel.dim() != 5 or kernel.shape[0] != 2:
+    if len(names) > 1:
+        if kernel.dim() != 5 or kernel.shape[0] != len(names):
             raise BenchError(
-                f"'{path}' holds a kernel of shape {tuple(kernel.shape)}; the A-SignGD file should stack the "
-                "kernel and its flip, [2, N_train, C, N_x, C]. Is it a file for another formula?"
+                f"'{path}' holds a kernel of shape {tuple(kernel.shape)}; the file of formula '{spec.name}' should "
+                f"stack its {len(names)} kernels ({', '.join(names)}), [{len(names)}, N_train, C, N_x, C]. Is it a "
+                "file for another formula?"
             )
-        kernel, flipped = kernel[0], kernel[1]
+        tensors = dict(zip(names, kernel.unbind(0), strict=True))
     elif kernel.dim() != 4:
         raise BenchError(
             f"'{path}' holds a kernel of shape {tuple(kernel.shape)}, expected [N_train, C, N_x, C] for "
-            f"formula '{formula}'"
+            f"formula '{spec.name}'"
         )
-    for name, tensor in (("kernel", kernel), ("flipped kernel", flipped)):
-        if tensor is not None and not tensor.is_floating_point():
-            raise BenchError(f"'{path}' holds a {name} of dtype {tensor.dtype}; kernels are floating point")
-        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+    else:
+        tensors = {"kernel": kernel}
+    for name, tensor in tensors.items():
+        what = "kernel" if name == "kernel" else f"{name} kernel"
+        if not tensor.is_floating_point():
+            raise BenchError(f"'{path}' holds a {what} of dtype {tensor.dtype}; kernels are floating point")
+        if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise BenchError(f"'{path}': the {name} holds {bad} NaN or Inf values; recompute or re-export it")
+            raise BenchError(f"'{path}': the {what} holds {bad} NaN or Inf values; recompute or re-export it")
+    kernel = tensors["kernel"]
     n_tr, c, n_x, c2 = kernel.shape
     problems = []
     if c != c2:
@@ -230,6 +256,4 @@ def load_reference_kernels(
         labels = ((labels + 1) / 2).long()
     else:
         labels = labels.long()
-    return ReferenceKernels(
-        kernel.to(torch.float64), flipped.to(torch.float64) if flipped is not None else None, labels
-    )
+    return ReferenceKernels({name: t.to(torch.float64) for name, t in tensors.items()}, labels)

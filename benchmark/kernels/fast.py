@@ -45,14 +45,17 @@ Several processes. When ``torch.distributed`` is initialised, the work units (gr
 batches, diagonal blocks, off-diagonal pieces) are dealt to the ranks by their position in the
 kernel, the same in every pass; each rank fills its entries, and the accumulators are summed with
 ``all_reduce``. Every entry is computed by exactly one rank in the one-process order, and all ranks
-agree on one plan (the smallest budget), so the result is the one-process result, bit for bit.
+agree on one plan (the smallest budget), so the result is the one-process result, bit for bit
+(`benchmark.kernels.distributed`).
+
+This module plans the passes and drives them; the work of one pass (reverse passes, assembly,
+store, stream, diagonal blocks) is `benchmark.kernels.passes`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -61,25 +64,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.kernels.batches import Examples, accepted_keys, differentiable, dist_info, prepare
+from benchmark.kernels.batches import Examples, accepted_keys, differentiable, prepare
+from benchmark.kernels.distributed import Ranks, dist_info, sum_over_ranks
 from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.params import SelectedTensor
+from benchmark.kernels.passes import PassOps, now
 from benchmark.kernels.per_example import (
     Batch,
-    Slot,
-    SparseRows,
     batch_size,
-    fallback_gradients,
     plan_slots,
     probe,
-    record,
     slice_batch,
-    sparse_entries,
-    sparse_join,
-    write_dense,
 )
 from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan, stored_needs
-from benchmark.kernels.products import accumulate, gram, product
 from registry import BenchError
 
 #: Re-exported for callers of the former single module.
@@ -88,7 +85,7 @@ __all__ = ["Combo", "Examples", "FastKernelEngine", "accepted_keys", "differenti
 logger = logging.getLogger(__name__)
 
 
-class FastKernelEngine:
+class FastKernelEngine(PassOps):
     """Computes ``a x b`` eNTKs for several sign combinations in one set of passes.
 
     ``combos`` lists (sign on the a side, sign on the b side) pairs; `run` returns one float64
@@ -124,7 +121,7 @@ class FastKernelEngine:
         self.device = first.device
         self.dtype = first.dtype
         self.itemsize = first.element_size()
-        self.rank, self.world = dist_info()
+        self.ranks = Ranks.current()
         self.num_outputs = 0
         self.work_budget = 0.0
         self.plan: Plan | None = None
@@ -133,14 +130,6 @@ class FastKernelEngine:
         self.twin: Twin | None = None
         self._bar: Any = None
 
-    # ------------------------------------------------------------------ timing helpers
-    def _tick(self, key: str, start: tuple[float, float]) -> tuple[float, float]:
-        """Add the wall and CPU seconds since ``start`` to ``stats[key]`` and ``stats[key + '_cpu']``."""
-        now = _now()
-        self.stats[key] = self.stats.get(key, 0.0) + now[0] - start[0]
-        self.stats[key + "_cpu"] = self.stats.get(key + "_cpu", 0.0) + now[1] - start[1]
-        return now
-
     def _mine(self, key: int) -> bool:
         """Whether work unit ``key`` belongs to this rank.
 
@@ -148,7 +137,7 @@ class FastKernelEngine:
         entry is accumulated over all passes by one rank, in the one-process order, and the
         ``all_reduce`` only adds zeros: the result is the one-process result, bit for bit.
         """
-        return key % self.world == self.rank
+        return self.ranks.mine(key)
 
     # ------------------------------------------------------------------ planning
     def _plan(self, a: Examples, targets: Mapping[str, Examples | None], captured: int) -> tuple[list[Group], int, int]:
@@ -204,250 +193,6 @@ class FastKernelEngine:
         )
         return groups, chosen.chunk, chosen.max_batch
 
-    # ------------------------------------------------------------------ one batch
-    def _backward(
-        self, group: Group, batch: dict[str, Any], model: nn.Module | None = None
-    ) -> tuple[Any, list[dict[int, torch.Tensor]], torch.Tensor | None]:
-        model = model if model is not None else self.model
-        t = _now()
-        with record(group.modules, batch_size(batch)) as rec:
-            logits = model(**batch)
-        t = self._tick("forward", t)
-        outputs = rec.outputs()
-        C = self.num_outputs
-        grads: list[dict[int, torch.Tensor]] = []
-        for c in range(C):
-            if outputs:
-                g = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < C - 1, allow_unused=True)
-                grads.append({id(o): x for o, x in zip(outputs, g, strict=True) if x is not None})
-            else:
-                grads.append({})
-        t = self._tick("backward", t)
-        fallback = None
-        if group.fallback:
-            fallback = fallback_gradients(model, batch, group.fallback, C)
-            self._tick("fallback", t)
-        return rec, grads, fallback
-
-    def _fill_dense(
-        self,
-        slots: list[Slot],
-        rec: Any,
-        grads: dict[int, torch.Tensor],
-        fallback: torch.Tensor | None,
-        fb_offsets: dict[int, int],
-        target: torch.Tensor,
-        base: int,
-        c: int,
-    ) -> None:
-        """Write logit ``c``'s per-example gradients of ``slots`` into ``target`` (columns from ``base``)."""
-        for slot in slots:
-            view = target[:, slot.offset - base : slot.offset - base + slot.numel]
-            if slot.fallback:
-                start = fb_offsets[slot.index]
-                view.copy_(fallback[c, :, start : start + slot.numel])  # type: ignore[index]
-                continue
-            first = True
-            for use in slot.uses:
-                for call in rec.calls.get(id(use.module), []):
-                    go = grads.get(id(call.output))
-                    if go is not None:
-                        write_dense(use, call, go, view, first)
-                        first = False
-            if first:
-                view.zero_()
-
-    def _sparse_rows(
-        self, slot: Slot, rec: Any, grads: list[dict[int, torch.Tensor]], size: int, row_of: Any
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        parts = []
-        for c, per_c in enumerate(grads):
-            for use in slot.uses:
-                for call in rec.calls.get(id(use.module), []):
-                    go = per_c.get(id(call.output))
-                    if go is not None:
-                        rows, ids, values = sparse_entries(use, call, go, size)
-                        parts.append((row_of(c, rows), ids, values))
-        return parts
-
-    @staticmethod
-    def _fb_offsets(group: Group) -> dict[int, int]:
-        offsets, at = {}, 0
-        for slot in group.fallback:
-            offsets[slot.index] = at
-            at += slot.numel
-        return offsets
-
-    # ------------------------------------------------------------------ store
-    def _store(self, group: Group, a: Examples, start: int, stop: int, max_batch: int) -> Stored:
-        """Per-example gradients of examples ``start:stop`` of ``a`` for ``group``, with their signs.
-
-        With a float64 twin of the model (see `Twin`), the gradients are computed in float64 and
-        rounded into the stored buffer, so their signs are those of the float64 gradients.
-        """
-        C, A = self.num_outputs, stop - start
-        twin = self.twin
-        model, work_group = (twin.model, twin.groups[id(group)]) if twin is not None else (self.model, group)
-        assert self.plan is not None
-        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device) if self.plan.store_raw else None
-        dense_sign = (
-            torch.zeros(C * A, group.cols, dtype=torch.int8, device=self.device) if self.plan.store_sign else None
-        )
-        direct = twin is None and dense_sign is None  # gradients written straight into the stored rows
-        parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s.index: [] for s in group.sparse}
-        fb_offsets = self._fb_offsets(group)
-        for first, batch in a.pieces(start, stop, max_batch):
-            size = batch_size(batch)
-            rec, grads, fallback = self._backward(work_group, batch, model)
-            t = _now()
-            local = first - start
-            for c in range(C):
-                at = slice(c * A + local, c * A + local + size)
-                if direct:
-                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
-                    continue
-                # computed in the model's precision (float64 with a twin), then rounded and/or signed
-                for segment in work_group.segments:  # one segment at a time: the scratch stays small
-                    cols = slice(segment.start, segment.stop)
-                    dtype = twin.model_dtype if twin else self.dtype
-                    exact = self._scratch("store", size, segment.stop - segment.start, dtype)
-                    self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, exact, segment.start, c)
-                    if dense is not None:
-                        dense[at, cols].copy_(exact)
-                    if dense_sign is not None:
-                        dense_sign[at, cols].copy_(exact.sign_())
-                    del exact
-            for slot in work_group.sparse:
-                parts[slot.index] += self._sparse_rows(
-                    slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
-                )
-            self._tick("per_example", t)
-            del rec, grads, fallback
-            self._advance(size)
-        t = _now()
-        sparse = {}
-        for slot in group.sparse:
-            items = parts[slot.index]
-            if items:
-                rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
-            else:
-                rows = ids = torch.zeros(0, dtype=torch.long, device=self.device)
-                values = torch.zeros(0, slot.width, dtype=self.dtype, device=self.device)
-            entries = SparseRows.build(rows, ids, values, C * A)
-            if entries.values.dtype != self.dtype:
-                entries = SparseRows(entries.ids, entries.rows, entries.values.to(self.dtype))
-            sparse[slot.index] = entries
-        self._tick("per_example", t)
-        return Stored(start, stop, dense, dense_sign, sparse)
-
-    # ------------------------------------------------------------------ stream
-    def _stream(
-        self,
-        group: Group,
-        stored: Stored,
-        batch: dict[str, Any],
-        combos: list[Combo],
-        max_pairs: int,
-        pending: Pending | None = None,
-        first: int = 0,
-    ) -> dict[Combo, torch.Tensor]:
-        """Blocks ``[C * A, C * B]`` (float64) of ``stored`` against this batch, for each combo.
-
-        With ``pending`` (a group of one segment), the dense gradients are only written into its
-        buffer, to be multiplied later together with other batches' (`_flush`); the blocks then hold
-        the sparse part only.
-        """
-        C, size = self.num_outputs, batch_size(batch)
-        rec, grads, fallback = self._backward(group, batch)
-        blocks = {
-            combo: torch.zeros(C * stored.size, C * size, dtype=torch.float64, device=self.device) for combo in combos
-        }
-        fb_offsets = self._fb_offsets(group)
-        need_sign = any(y for _, y in combos)
-        if pending is not None:
-            t = _now()
-            segment = group.segments[0]
-            rows = pending.work[pending.used : pending.used + C * size]
-            for c in range(C):
-                target = rows[c * size : (c + 1) * size]
-                self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, target, segment.start, c)
-            pending.pieces.append((first, size, pending.used))
-            pending.used += C * size
-            self._tick("per_example", t)
-        for segment in group.segments if pending is None else []:
-            t = _now()
-            cols = segment.stop - segment.start
-            work = self._scratch("stream", C * size, cols, self.dtype)
-            for c in range(C):
-                self._fill_dense(
-                    segment.slots,
-                    rec,
-                    grads[c],
-                    fallback,
-                    fb_offsets,
-                    work[c * size : (c + 1) * size],
-                    segment.start,
-                    c,
-                )
-            work_sign = (
-                torch.sign(work, out=self._scratch("stream_sign", C * size, cols, self.dtype)) if need_sign else None
-            )
-            t = self._tick("per_example", t)
-            for x, y in combos:
-                left = stored.variant(x)[:, segment.start : segment.stop]
-                right = work_sign if y else work
-                accumulate(blocks[(x, y)], left, right)  # type: ignore[arg-type]
-            self._tick("contract", t)
-            del work, work_sign
-        for slot in group.sparse:
-            t = _now()
-            items = self._sparse_rows(slot, rec, grads, size, lambda c, r: r + c * size)
-            if items:
-                rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
-                stream = SparseRows.build(rows, ids, values, C * size)
-                t = self._tick("per_example", t)
-                sparse_join(stored.sparse[slot.index], stream, blocks, max_pairs)
-                self._tick("contract", t)
-        self._advance(size)
-        return blocks
-
-    def _flush(self, pending: Pending, stored: Stored, out: dict[Combo, torch.Tensor], a0: int) -> None:
-        """Multiply the pending streamed rows with the stored side and place the blocks."""
-        if not pending.used:
-            return
-        t = _now()
-        C = self.num_outputs
-        work = pending.work[: pending.used]
-        cols = work.shape[1]
-        need_sign = any(y for _, y in self.combos)
-        work_sign = (
-            torch.sign(work, out=self._scratch("flush_sign", pending.used, cols, self.dtype)) if need_sign else None
-        )
-        t = self._tick("per_example", t)
-        for x, y in self.combos:
-            left = stored.variant(x)[:, :cols]
-            block = product(left, work_sign if y else work)  # type: ignore[arg-type]
-            for first, size, offset in pending.pieces:
-                place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
-        pending.used, pending.pieces = 0, []
-        self._tick("contract", t)
-
-    def _diagonal(self, group: Group, stored: Stored, combos: list[Combo], max_pairs: int) -> dict[Combo, torch.Tensor]:
-        t = _now()
-        n = self.num_outputs * stored.size
-        blocks = {}
-        for x, y in combos:
-            block = torch.zeros(n, n, dtype=torch.float64, device=self.device)
-            if group.cols:
-                left, right = stored.variant(x), stored.variant(y)
-                block.add_(gram(left, right, symmetric=x == y))
-            blocks[(x, y)] = block
-        for slot in group.sparse:
-            rows = stored.sparse[slot.index]
-            sparse_join(rows, rows, blocks, max_pairs)
-        self._tick("contract", t)
-        return blocks
-
     def _pending(self, group: Group, max_batch: int) -> Pending | None:
         """A buffer gathering several streamed batches before one product (one-segment groups only).
 
@@ -478,23 +223,6 @@ class FastKernelEngine:
         symmetric = any(t is None for t in targets.values())
         return stored_needs(tuple(self.combos), symmetric)[1] or self._wants_twin()
 
-    def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
-        """A ``[rows, cols]`` work buffer kept across batches and passes (grown when too small).
-
-        Allocating (and first touching) a fresh buffer per batch costs page faults and zeroing that
-        show up in the engine's time; the contents are always overwritten before use.
-        """
-        need = rows * cols
-        buffer = self._scratches.get(name)
-        if buffer is None or buffer.numel() < need or buffer.dtype != dtype:
-            buffer = torch.empty(need, dtype=dtype, device=self.device)
-            self._scratches[name] = buffer
-        return buffer[:need].view(rows, cols)
-
-    def _advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
     # ------------------------------------------------------------------ driver
     def run(
         self, batches_a: Sequence[Batch], targets: Mapping[str, Sequence[Batch] | None]
@@ -511,7 +239,7 @@ class FastKernelEngine:
         }
         tensors = [s.tensor for s in self.slots]
         with differentiable(self.model, tensors):
-            t = _now()
+            t = now()
             sample = slice_batch(a.batches[0], 0, min(4, a.sizes[0]))
             failed, captured, C = probe(self.model, sample, self.slots, check=self.validate)
             self.num_outputs = C
@@ -548,7 +276,8 @@ class FastKernelEngine:
                     for s in streams.values()
                 )
             )
-            self._bar = tqdm(total=total_work, unit="ex", desc="eNTK", disable=not self.progress or self.rank != 0)
+            quiet = not self.progress or self.ranks.rank != 0
+            self._bar = tqdm(total=total_work, unit="ex", desc="eNTK", disable=quiet)
             twin_grads = (
                 differentiable(self.twin.model, self.twin.tensors()) if self.twin is not None else nullcontext()
             )
@@ -570,11 +299,9 @@ class FastKernelEngine:
                 if self._bar is not None:
                     self._bar.close()
                 self._scratches.clear()
-            if self.world > 1:
-                t = _now()
-                for per_combo in kernels.values():
-                    for tensor in per_combo.values():
-                        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+            if self.ranks.world > 1:
+                t = now()
+                sum_over_ranks(tensor for per_combo in kernels.values() for tensor in per_combo.values())
                 self._tick("gather", t)
         return kernels
 
@@ -631,11 +358,6 @@ class FastKernelEngine:
                 for x, y in self.combos:
                     place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
                     place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
-
-
-def _now() -> tuple[float, float]:
-    """(wall clock, process CPU time) in seconds."""
-    return time.perf_counter(), time.process_time()
 
 
 def _units(stream: Examples, max_batch: int, C: int, pending: Pending | None) -> list[list[tuple[int, dict[str, Any]]]]:

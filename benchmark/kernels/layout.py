@@ -94,7 +94,7 @@ class Twin:
             sel = slot.selected
             regs = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.registrations]
             chosen = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.selected]
-            uses = [Use(modules[id(u.module)], u.kind, u.role) for u in slot.uses]
+            uses = [Use(modules[id(u.module)], u.rule, u.role) for u in slot.uses]
             copy_sel = SelectedTensor(tensors[id(sel.tensor)], regs, chosen)
             return Slot(slot.index, copy_sel, uses, slot.sparse, slot.fallback, slot.offset)
 

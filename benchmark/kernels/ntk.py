@@ -1,13 +1,16 @@
 """Public entry points: `empirical_ntk` (one kernel) and `empirical_ntks` (several, sharing the a side).
 
-For a logit model f with C outputs and g_a(x) = d f_a(x) / d theta over the selected parameters:
+For a logit model f with C outputs and g_a(x) = d f_a(x) / d theta over the selected parameters,
+a formula (`registry.formulas.FORMULAS`) lists its outputs, each a sign combination; the built-ins:
 
 * ``sgd``:    K(x, x')_ab = <g_a(x), g_b(x')>
 * ``signgd``: K(x, x')_ab = <sign g_a(x), sign g_b(x')>
 * ``asym``:   K(x, x')_ab = <sign g_a(x), g_b(x')> (A-SignGD, sign on the a / training side) and its
   flipped kernel <g_a(x), sign g_b(x')> (sign on the b side).
 
-Kernels are float64 tensors ``[N_a, C, N_b, C]`` in the order of the examples in the batches.
+Kernels are float64 tensors ``[N_a, C, N_b, C]`` in the order of the examples in the batches; a
+formula with several outputs gives a `KernelOutputs` (a tuple of them, by position or output name).
+The strategy (`benchmark.kernels.strategies`) computes every sign combination the formulas need once.
 
 Sign kernels and round-off: a gradient entry that is zero in exact arithmetic (e.g. the attention
 key bias, whose gradient cancels through the softmax) comes out as |g| ~ 1e-9 round-off whose
@@ -22,59 +25,70 @@ round-off, so ``asym`` agrees to ~1e-12.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from benchmark.kernels.fast import Combo, FastKernelEngine, dist_info
-from benchmark.kernels.memory import default_budget, parse_bytes
+from benchmark.kernels.batches import prepare
 from benchmark.kernels.params import ParamsSpec, select_parameters
-from benchmark.kernels.reference import reference_kernels
+from benchmark.kernels.strategies import STRATEGIES, KernelArgs, compute
 from registry import BenchError
-
-FORMULAS = ("sgd", "signgd", "asym")
-STRATEGIES = ("fast", "reference")
-_FORMULA_ALIASES = {"asymmetric_signgd": "asym", "asymmetric-signgd": "asym", "a-signgd": "asym", "adam": "asym"}
-_COMBOS: dict[str, list[Combo]] = {
-    "sgd": [(False, False)],
-    "signgd": [(True, True)],
-    "asym": [(True, False), (False, True)],
-}
+from registry.formulas import FORMULAS, Formula, get_formula
 
 Batch = Mapping[str, Any]
 
-
-class AsymKernel(NamedTuple):
-    """The A-SignGD kernel (sign on the a side) and its flipped kernel (sign on the b side)."""
-
-    kernel: torch.Tensor
-    flipped: torch.Tensor
+__all__ = ["FORMULAS", "STRATEGIES", "AsymKernel", "KernelOutputs", "KernelValue", "empirical_ntk",
+           "empirical_ntks", "formula_value", "initial_logits", "normalize_formula"]
 
 
-KernelValue = torch.Tensor | AsymKernel
+class KernelOutputs(tuple):
+    """The kernels of a formula with several outputs, in its output order; also by name (``.flipped``).
+
+    ``KernelOutputs(kernel, flipped)`` builds asym's pair; ``KernelOutputs(*tensors, names=...)`` any other.
+    """
+
+    names: tuple[str, ...]
+
+    def __new__(cls, *tensors: torch.Tensor, names: Sequence[str] = ("kernel", "flipped")) -> KernelOutputs:
+        if len(names) != len(tensors):
+            raise ValueError(f"{len(tensors)} kernels for the output names {list(names)}")
+        self = super().__new__(cls, tensors)
+        self.names = tuple(names)
+        return self
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        if name.startswith("__") or name == "names":  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        try:
+            return self[self.names.index(name)]
+        except ValueError:
+            raise AttributeError(f"no kernel output '{name}' (outputs: {', '.join(self.names)})") from None
+
+    def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tuple(self), {"names": self.names}
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{output name: kernel}``."""
+        return dict(zip(self.names, self, strict=True))
+
+
+#: asym's (kernel, flipped): the name callers of the three built-in formulas know.
+AsymKernel = KernelOutputs
+KernelValue = torch.Tensor | KernelOutputs
 
 
 def normalize_formula(formula: str) -> str:
     """Canonical formula name; raises `BenchError` for an unknown one."""
-    key = str(formula).strip().lower()
-    key = _FORMULA_ALIASES.get(key, key)
-    if key not in FORMULAS:
-        raise BenchError(f"unknown kernel formula '{formula}'; choose from {', '.join(FORMULAS)}")
-    return key
+    return get_formula(str(formula).strip()).name
 
 
-def _strategy(strategy: str) -> str:
-    key = str(strategy).strip().lower()
-    if key in ("auto", "default", "per-example"):
-        key = "fast"
-    if key in ("jvp", "functorch"):
-        key = "reference"
-    if key not in STRATEGIES:
-        raise BenchError(f"unknown kernel strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
-    return key
+def formula_value(formula: Formula, per_combo: Mapping[tuple[bool, bool], torch.Tensor]) -> KernelValue:
+    """A formula's result from the kernels of its sign combinations: a tensor, or `KernelOutputs`."""
+    if len(formula.outputs) == 1:
+        return per_combo[formula.outputs[0].combo]
+    return KernelOutputs(*(per_combo[o.combo] for o in formula.outputs), names=formula.output_names)
 
 
 def empirical_ntks(
@@ -88,79 +102,36 @@ def empirical_ntks(
     memory_budget: int | str | None = None,
     progress: bool = True,
     stats: dict[str, Any] | None = None,
-    validate: bool = True,
-    exact_signs: bool = True,
+    validate: bool | None = None,
+    exact_signs: bool | None = None,
 ) -> dict[str, dict[str, KernelValue]]:
     """Several kernels against the same ``a`` side, in one set of passes.
 
     ``targets`` maps a name to the ``b`` side's batches, or to ``None`` for ``a x a`` (e.g.
     ``{"train": None, "dev": dev_batches, "test": test_batches}``). Returns
-    ``{name: {formula: kernel}}`` with ``kernel`` a float64 tensor ``[N_a, C, N_b, C]``, or an
-    `AsymKernel` for ``asym``. The fast strategy computes each example's gradients once for all
-    targets and all formulas; ``stats`` (if given) receives timings and the memory plan.
+    ``{name: {formula: kernel}}`` with ``kernel`` a float64 tensor ``[N_a, C, N_b, C]``, or
+    `KernelOutputs` for a formula with several outputs (``asym``). The fast strategy computes each
+    example's gradients once for all targets and all formulas; ``stats`` (if given) receives timings
+    and the memory plan. Arguments a strategy cannot honour raise `BenchError` (see `strategies`).
     """
-    names = list(dict.fromkeys(normalize_formula(f) for f in formulas))
-    if not names:
+    chosen = list({f.name: f for f in (get_formula(str(name).strip()) for name in formulas)}.values())
+    if not chosen:
         raise BenchError("ask for at least one kernel formula")
-    how = _strategy(strategy)
+    args = KernelArgs(progress=progress, stats=stats, memory_budget=memory_budget, validate=validate,
+                      exact_signs=exact_signs)
+    STRATEGIES.get(strategy).check(args)
     batches_a = list(batches_a)
     if not batches_a:
         raise BenchError("the kernel needs at least one batch of examples on the first side")
     selection = select_parameters(model, params)
-    if how == "reference":
-        out: dict[str, dict[str, KernelValue]] = {}
-        for name, batches_b in targets.items():
-            computed = reference_kernels(
-                model,
-                selection,
-                batches_a,
-                list(batches_b) if batches_b is not None else None,
-                names,
-                progress=progress,
-            )
-            out[name] = {f: (AsymKernel(*v) if isinstance(v, tuple) else v) for f, v in computed.items()}
-        return out
-    device = selection[0].tensor.device
-    if memory_budget is not None:
-        budget = parse_bytes(memory_budget)
-    else:  # processes on one host share its memory (each GPU has its own)
-        budget = default_budget(device)
-        _, world = dist_info()
-        if device.type != "cuda" and world > 1:
-            budget //= int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    _, world = dist_info()
-    if world > 1:  # one plan for all ranks: the smallest budget
-        agreed = torch.tensor([budget], dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
-        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
-        budget = int(agreed.item())
-    combos = [combo for f in names for combo in _COMBOS[f]]
-    engine = FastKernelEngine(
-        model,
-        selection,
-        combos,
-        memory_budget=budget,
-        progress=progress,
-        stats=stats,
-        validate=validate,
-        exact_signs=exact_signs,
-    )
-    raw = engine.run(batches_a, {k: (list(v) if v is not None else None) for k, v in targets.items()})
-    result: dict[str, dict[str, KernelValue]] = {}
-    for name, per_combo in raw.items():
-        result[name] = {}
-        for f in names:
-            if f == "asym":
-                result[name][f] = AsymKernel(per_combo[(True, False)], per_combo[(False, True)])
-            else:
-                result[name][f] = per_combo[_COMBOS[f][0]]
-    return result
+    combos = tuple(dict.fromkeys(combo for f in chosen for combo in f.combos))
+    raw = compute(strategy, model, selection, batches_a, targets, combos, args)
+    return {name: {f.name: formula_value(f, per_combo) for f in chosen} for name, per_combo in raw.items()}
 
 
 @torch.no_grad()
 def initial_logits(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
     """The model's logits ``[N, C]`` (float64, CPU) at its current weights, in eval mode: f0 for the solvers."""
-    from benchmark.kernels.fast import prepare
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -184,8 +155,8 @@ def empirical_ntk(
     memory_budget: int | str | None = None,
     progress: bool = True,
     stats: dict[str, Any] | None = None,
-    validate: bool = True,
-    exact_signs: bool = True,
+    validate: bool | None = None,
+    exact_signs: bool | None = None,
 ) -> KernelValue:
     """The empirical NTK of ``model`` between ``batches_a`` and ``batches_b`` (default: ``batches_a``).
 
@@ -194,25 +165,29 @@ def empirical_ntk(
         batches_a: batches (dicts of ``input_ids``, ``attention_mask``, ``mask_pos``, ...) of the
             training side; ``labels`` keys are ignored.
         batches_b: the other side; ``None`` for the (symmetric) ``a x a`` kernel.
-        formula: ``"sgd"``, ``"signgd"`` or ``"asym"``.
+        formula: a registered formula: ``"sgd"``, ``"signgd"``, ``"asym"`` or a plugin's.
         params: which parameters count (see `benchmark.kernels.params.PRESETS`, or a predicate on
             registration names).
-        strategy: ``"fast"`` (per-example gradients + matrix products) or ``"reference"`` (jvp).
+        strategy: ``"fast"`` (per-example gradients + matrix products) or ``"reference"`` (jvp), or
+            any registered strategy (`benchmark.kernels.strategies.STRATEGIES`).
         memory_budget: bytes or a string like ``"1GiB"`` for the fast strategy's peak extra memory;
             default: half the free host memory, shared by the processes of a host (80% of the free
-            memory of each process's GPU).
+            memory of each process's GPU). The reference strategy refuses it.
         progress: show a progress bar over examples.
         stats: a dict to receive timings in seconds (``probe``, ``forward``, ``backward``,
             ``per_example`` assembly, ``fallback``, ``contract``, ``gather``) and the plan
             (``passes``, ``groups``, ``chunk``, ``max_batch``, ``segment_cols``, ``budget``,
             ``fallback_params``, ``dense_cols``, and ``representation``: how the training side
-            was stored, see `benchmark.kernels.planner.Plan`).
-        validate: check the per-layer gradients against autograd on a probe batch first.
+            was stored, see `benchmark.kernels.planner.Plan`), and ``strategy``.
+        validate: check the per-layer gradients against autograd on a probe batch first (fast; default
+            on). The reference strategy refuses it.
         exact_signs: for sign formulas on a float32/16 model, compute the training (``a``) side's
-            gradients with a float64 copy of the model, so that their signs are not round-off.
+            gradients with a float64 copy of the model, so that their signs are not round-off (fast;
+            default on). The reference strategy takes only ``False``.
 
     Returns:
-        float64 ``[N_a, C, N_b, C]``; for ``asym`` an `AsymKernel` ``(kernel, flipped)``.
+        float64 ``[N_a, C, N_b, C]``; for a formula with several outputs (``asym``) `KernelOutputs`
+        ``(kernel, flipped)``.
     """
     out = empirical_ntks(
         model,

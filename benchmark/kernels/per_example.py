@@ -6,9 +6,8 @@ with respect to those outputs gives every example's output gradient at once (exa
 do not interact in eval mode). Each example's parameter gradient is then a small product of the
 two, the technique Opacus uses for per-sample gradients:
 
-* ``nn.Linear``: ``dW_b = sum_t go[b, t]^T a[b, t]`` (one batched matrix product), ``db_b = sum_t go[b, t]``;
-* ``nn.LayerNorm``: ``dw_b = sum_t go[b, t] * xhat[b, t]`` (``xhat``: the normalized input), ``db_b = sum_t go[b, t]``;
-* ``nn.Embedding``: row ``ids[b, t]`` of ``dE_b`` gets ``go[b, t]`` (padding_idx rows get nothing).
+the rule of the module's type (`benchmark.kernels.grad_rules`: ``nn.Linear``, ``nn.LayerNorm``,
+``nn.Embedding``, and any registered with ``register_grad_rule``).
 
 A tensor used by several modules (tied weights) sums the contributions of its selected uses.
 
@@ -17,7 +16,7 @@ bias) are never materialised densely: an example touches only the rows of its to
 label words, so their gradients are kept as (row id, row vector) entries and contracted by
 joining on the row id.
 
-Parameters used outside these three module types (functional uses, custom modules) are found by
+Parameters used outside module types with a rule (functional uses, custom modules) are found by
 a probe on the first batch (the sum of the per-example gradients must equal autograd's batch
 gradient) and computed by a plain per-example autograd loop instead.
 """
@@ -28,45 +27,45 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from benchmark.kernels.grad_rules import (
+    EMBEDDING,
+    GRAD_RULES,
+    LAYER_NORM,
+    LINEAR,
+    Call,
+    Entries,
+    GradRule,
+    Use,
+    embedding_entries,
+    grad_rule,
+    module_kind,
+    register_grad_rule,
+    require_grad_rule,
+    sparse_entries,
+    supported_types,
+    write_dense,
+)
 from benchmark.kernels.params import SelectedTensor
 from registry import BenchError
 
+#: Re-exported: the rules live in `benchmark.kernels.grad_rules`.
+__all__ = ["EMBEDDING", "GRAD_RULES", "LAYER_NORM", "LINEAR", "Call", "Entries", "GradRule", "Use",
+           "embedding_entries", "grad_rule", "module_kind", "register_grad_rule", "require_grad_rule",
+           "sparse_entries", "supported_types", "write_dense"]
+
 logger = logging.getLogger(__name__)
 
-LINEAR, EMBEDDING, LAYER_NORM = "linear", "embedding", "layer_norm"
 #: A tensor with at least this many rows, used only as an embedding table or as the weight/bias of
 #: a Linear layer with that many outputs, is handled as row-sparse.
 SPARSE_MIN_ROWS = 8192
 
 Batch = Mapping[str, Any]
-
-
-def module_kind(module: nn.Module) -> str | None:
-    """LINEAR / EMBEDDING / LAYER_NORM for stock modules whose per-example gradient we assemble."""
-    forward = type(module).forward
-    if isinstance(module, nn.Linear) and forward is nn.Linear.forward:
-        return LINEAR
-    if isinstance(module, nn.Embedding) and forward is nn.Embedding.forward and module.max_norm is None:
-        return None if module.scale_grad_by_freq else EMBEDDING
-    if isinstance(module, nn.LayerNorm) and forward is nn.LayerNorm.forward:
-        return LAYER_NORM
-    return None
-
-
-@dataclass(frozen=True)
-class Use:
-    """A selected registration in a supported module: which module, which kind, weight or bias."""
-
-    module: nn.Module
-    kind: str
-    role: str
 
 
 @dataclass
@@ -109,37 +108,24 @@ def plan_slots(selection: list[SelectedTensor]) -> list[Slot]:
         uses: list[Use] = []
         unsupported: list[str] = []
         for reg in sel.selected:
-            kind = module_kind(reg.module)
-            ok = kind is not None and (reg.attr == "weight" or (reg.attr == "bias" and kind != EMBEDDING))
-            if ok:
-                uses.append(Use(reg.module, kind, reg.attr))  # type: ignore[arg-type]
+            rule = grad_rule(reg.module)
+            if rule is not None and reg.attr in rule.roles:
+                uses.append(Use(reg.module, rule, reg.attr))
             else:
                 unsupported.append(f"{reg.name} ({type(reg.module).__name__})")
         if unsupported and not sel.full and not uses:
             raise BenchError(
                 f"parameter '{sel.name}' is shared by several modules and only some of its uses are selected, "
-                f"but the selected use {unsupported[0]} is not a Linear, Embedding or LayerNorm module, so its "
-                "gradient cannot be separated per use; select all uses of this parameter or none"
+                f"but the selected use {unsupported[0]} has no per-example gradient rule (rules exist for "
+                f"{supported_types()}), so its gradient cannot be separated per use; select all uses of this "
+                "parameter or none"
             )
         slot = Slot(index, sel, uses, fallback=not uses)
-        shape = sel.tensor.shape
+        shape = tuple(sel.tensor.shape)
         if uses and len(shape) in (1, 2) and shape[0] >= SPARSE_MIN_ROWS:
-            slot.sparse = all(
-                (u.kind == EMBEDDING and u.role == "weight" and len(shape) == 2)
-                or (u.kind == LINEAR and u.module.out_features == shape[0])  # type: ignore[union-attr]
-                for u in uses
-            )
+            slot.sparse = all(u.rule.sparse is not None and u.rule.row_sparse(u.module, u.role, shape) for u in uses)
         slots.append(slot)
     return slots
-
-
-@dataclass
-class Call:
-    """One recorded call of a module: its (detached) input and its output."""
-
-    input: torch.Tensor
-    output: torch.Tensor
-    cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Recorder:
@@ -211,79 +197,6 @@ def modules_of(slots: Iterable[Slot]) -> list[nn.Module]:
         for use in slot.uses:
             found.setdefault(id(use.module), use.module)
     return list(found.values())
-
-
-def _normalized(call: Call, module: nn.LayerNorm) -> torch.Tensor:
-    if "xhat" not in call.cache:
-        call.cache["xhat"] = F.layer_norm(call.input, module.normalized_shape, None, None, module.eps)
-    return call.cache["xhat"]
-
-
-def write_dense(use: Use, call: Call, grad_out: torch.Tensor, target: torch.Tensor, first: bool) -> None:
-    """Write (``first``) or add this call's per-example gradient into ``target`` ``[B, numel]``."""
-    batch = target.shape[0]
-    module = use.module
-    if use.kind == LINEAR:
-        out_features = module.out_features  # type: ignore[union-attr]
-        go = grad_out.reshape(batch, -1, out_features)
-        if use.role == "bias":
-            summed = go.sum(1)
-            target.copy_(summed) if first else target.add_(summed)
-            return
-        in_features = module.in_features  # type: ignore[union-attr]
-        act = call.input.reshape(batch, -1, in_features)
-        target.view(batch, out_features, in_features).baddbmm_(go.transpose(1, 2), act, beta=0.0 if first else 1.0)
-        return
-    if use.kind == LAYER_NORM:
-        size = math.prod(module.normalized_shape)  # type: ignore[union-attr]
-        go = grad_out.reshape(batch, -1, size)
-        if use.role == "bias":
-            summed = go.sum(1)
-        else:
-            summed = (go * _normalized(call, module).reshape(batch, -1, size)).sum(1)  # type: ignore[arg-type]
-        target.copy_(summed) if first else target.add_(summed)
-        return
-    # Embedding: scatter the output gradient of each position onto the row of its id.
-    if first:
-        target.zero_()
-    rows, ids, values = embedding_entries(module, call, grad_out, batch)  # type: ignore[arg-type]
-    num, dim = module.weight.shape  # type: ignore[union-attr]
-    target.view(batch, num, dim).index_put_((rows, ids), values, accumulate=True)
-
-
-def embedding_entries(
-    module: nn.Embedding, call: Call, grad_out: torch.Tensor, batch: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(example index, row id, row gradient) for every looked-up position except padding_idx."""
-    dim = module.embedding_dim
-    ids = call.input.reshape(batch, -1)
-    values = grad_out.reshape(batch, -1, dim)
-    rows = torch.arange(batch, device=ids.device).unsqueeze(1).expand_as(ids)
-    if module.padding_idx is not None:
-        keep = ids != module.padding_idx
-        return rows[keep], ids[keep], values[keep]
-    return rows.reshape(-1), ids.reshape(-1), values.reshape(-1, dim)
-
-
-def sparse_entries(
-    use: Use, call: Call, grad_out: torch.Tensor, batch: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(example index, row id, row gradient ``[n, width]``) of one use of a row-sparse tensor."""
-    module = use.module
-    if use.kind == EMBEDDING:
-        return embedding_entries(module, call, grad_out, batch)  # type: ignore[arg-type]
-    out_features = module.out_features  # type: ignore[union-attr]
-    go = grad_out.reshape(batch, -1, out_features)
-    cols = go.ne(0).any(dim=1).any(dim=0).nonzero().squeeze(1)
-    go = go.index_select(2, cols)
-    k = cols.numel()
-    rows = torch.arange(batch, device=go.device).repeat_interleave(k)
-    ids = cols.repeat(batch)
-    if use.role == "bias":
-        return rows, ids, go.sum(1).reshape(batch * k, 1)
-    act = call.input.reshape(batch, -1, module.in_features)  # type: ignore[union-attr]
-    values = torch.bmm(go.transpose(1, 2), act)  # [B, k, in]
-    return rows, ids, values.reshape(batch * k, -1)
 
 
 @dataclass

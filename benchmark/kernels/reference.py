@@ -4,9 +4,14 @@ As in princeton-nlp/LM-Kernel-FT: for each batch of the outer (training) side, t
 Jacobian of the logits with respect to the selected parameters is taken in reverse mode
 (``jacrev``); then, for every inner batch, the model is differentiated forward (``jvp``) along
 each of those ``B_outer * C`` gradient tangents (``vmap`` over them), giving the block
-``[B_outer, C, B_inner, C]``. ``signgd`` takes the inner Jacobians too and contracts the signs;
-``asym`` uses signed outer tangents, and its flipped kernel repeats the computation with the
-sides swapped. The cost is about ``N_a * C`` forward-mode passes per inner example.
+``[B_outer, C, B_inner, C]``. Each sign combination of a formula's outputs (see
+`registry.formulas`) is computed on its own: (raw, raw) by jvp along raw tangents, (sign, raw) by
+jvp along signed tangents, (sign, sign) from the inner Jacobians' signs, and (raw, sign) as the
+transpose of (sign, raw) with the sides swapped. The cost is about ``N_a * C`` forward-mode passes
+per inner example.
+
+This strategy has no memory planner, no per-layer gradients to validate and no float64 sign side:
+`benchmark.kernels.strategies` refuses those arguments for it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 from tqdm.auto import tqdm
 
-from benchmark.kernels.batches import Examples, differentiable, dist_info, prepare
+from benchmark.kernels.batches import Examples, differentiable, prepare
+from benchmark.kernels.distributed import Ranks, gather_rows
 from benchmark.kernels.params import SelectedTensor
+
+Combo = tuple[bool, bool]  # (sign on the a side, sign on the b side)
 
 
 class _Functional:
@@ -66,10 +74,10 @@ def _kernel(
     num_outputs: int,
     progress: Callable[[int], None],
 ) -> torch.Tensor:
-    rank, world = dist_info()
+    ranks = Ranks.current()
     rows: list[torch.Tensor] = []
     for index, batch in enumerate(outer.batches):
-        if index % world != rank:
+        if not ranks.mine(index):
             rows.append(torch.zeros(0))
             progress(batch["input_ids"].shape[0])
             continue
@@ -84,17 +92,19 @@ def _kernel(
                 blocks.append(fn.jvp_block(grads, inner_batch).double())
         rows.append(torch.cat(blocks, dim=2).detach())
         progress(batch["input_ids"].shape[0])
-    if world == 1:
-        return torch.cat(rows, dim=0)
-    C, device = num_outputs, fn.primals[0].device
-    full = torch.zeros(outer.total, C, inner.total, C, dtype=torch.float64, device=device)
-    offset = 0
-    for index, (row, size) in enumerate(zip(rows, outer.sizes, strict=True)):
-        if index % world == rank:
-            full[offset : offset + size] = row.to(device)
-        offset += size
-    torch.distributed.all_reduce(full, op=torch.distributed.ReduceOp.SUM)
-    return full
+    C = num_outputs
+    return gather_rows(rows, outer.sizes, ranks, (C, inner.total, C), fn.primals[0].device)
+
+
+def _cost(combos: Sequence[Combo], a: Examples, b: Examples, symmetric: bool) -> int:
+    """Outer examples the combos go through (for the progress bar)."""
+    total = 0
+    for combo in combos:
+        if combo == (False, True):
+            total += 0 if symmetric and (True, False) in combos else (a.total if symmetric else b.total)
+        else:
+            total += a.total
+    return total
 
 
 def reference_kernels(
@@ -102,39 +112,40 @@ def reference_kernels(
     selection: list[SelectedTensor],
     batches_a: Sequence[dict[str, Any]],
     batches_b: Sequence[dict[str, Any]] | None,
-    formulas: Sequence[str],
+    combos: Sequence[Combo],
     *,
     progress: bool = False,
-) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-    """Kernels by the reference algorithm: ``{formula: K}`` (``asym``: ``(K, flipped)``)."""
+) -> dict[Combo, torch.Tensor]:
+    """Kernels ``[N_a, C, N_b, C]`` (float64) by the reference algorithm, one per sign combination."""
     device = selection[0].tensor.device
     a = prepare(batches_a, device, model)
     b = prepare(batches_b, device, model) if batches_b is not None else a
+    symmetric = batches_b is None
     fn = _Functional(model, selection)
-    flips = "asym" in formulas and batches_b is not None
-    total = len(formulas) * a.total + (b.total if flips else 0)
-    rank, _ = dist_info()
-    bar = tqdm(total=total, unit="ex", desc="eNTK (reference)", disable=not progress or rank != 0)
-    out: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
+    combos = list(dict.fromkeys(combos))
+    rank = Ranks.current().rank
+    bar = tqdm(total=_cost(combos, a, b, symmetric), unit="ex", desc="eNTK (reference)",
+               disable=not progress or rank != 0)
+    out: dict[Combo, torch.Tensor] = {}
     try:
         with differentiable(model, []):
             with torch.no_grad():
                 first = a.batches[0]
                 C = int(model(**{k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in first.items()}).shape[1])
-            for formula in formulas:
-                common = {"num_outputs": C, "progress": bar.update}
-                if formula == "sgd":
-                    out[formula] = _kernel(fn, a, b, sign_outer=False, mode="jvp", **common)
-                elif formula == "signgd":
-                    out[formula] = _kernel(fn, a, b, sign_outer=True, mode="signgd", **common)
-                else:
-                    kernel = _kernel(fn, a, b, sign_outer=True, mode="jvp", **common)
-                    if batches_b is None:
-                        flipped = kernel.permute(2, 3, 0, 1).contiguous()
-                    else:
-                        flipped = _kernel(fn, b, a, sign_outer=True, mode="jvp", **common)
-                        flipped = flipped.permute(2, 3, 0, 1).contiguous()
-                    out[formula] = (kernel, flipped)
+            common = {"num_outputs": C, "progress": bar.update}
+            # (raw, sign) last: on a x a it is the transpose of (sign, raw), computed first if asked
+            for combo in sorted(combos, key=lambda c: c == (False, True)):
+                if combo == (False, False):
+                    out[combo] = _kernel(fn, a, b, sign_outer=False, mode="jvp", **common)
+                elif combo == (True, True):
+                    out[combo] = _kernel(fn, a, b, sign_outer=True, mode="signgd", **common)
+                elif combo == (True, False):
+                    out[combo] = _kernel(fn, a, b, sign_outer=True, mode="jvp", **common)
+                else:  # <g(x_a), sign g(x_b)> = (<sign g(x_b), g(x_a)>)^T
+                    swapped = out.get((True, False)) if symmetric else None
+                    if swapped is None:
+                        swapped = _kernel(fn, b, a, sign_outer=True, mode="jvp", **common)
+                    out[combo] = swapped.permute(2, 3, 0, 1).contiguous()
     finally:
         bar.close()
-    return out
+    return {combo: out[combo] for combo in combos}

@@ -1,4 +1,9 @@
-"""Kernel solvers (lstsq, logistic, svr, svc, asym) and hyper-parameter selection on the dev split.
+"""Kernel solvers (lstsq, logistic, svr, svc, asym) in the registry `SOLVERS`, plugins can extend.
+
+A solver is a `KernelSolver` subclass registered with ``@register_solver(name)`` (or through the
+entry-point group ``kernel_bench.solvers``); it declares the kernel outputs it reads (``needs``: the
+asymmetric LS-SVM also needs the ``flipped`` kernel of formula ``asym``) and its default grid.
+Hyper-parameter selection on dev is `benchmark.kernels.selection`.
 
 Conventions (those of princeton-nlp/LM-Kernel-FT, so that numbers match):
 
@@ -11,14 +16,12 @@ Conventions (those of princeton-nlp/LM-Kernel-FT, so that numbers match):
   ``f0 / s`` to the prediction, where ``f0`` are the model's logits before training
   (`KernelSplit.logits`). Supported by lstsq, svr and asym, as in the reference.
 * Predictions are scores ``[N_x, C]``: the class is the argmax (C > 1) or the sign (C = 1).
-* Hyper-parameter selection on dev (`select_hyperparameters`): each default grid lists a solver's
-  settings in order of preference, the plain solver first (no f0 correction; for ``asym`` the
-  strongest ridge ``1 / gamma`` first). ``rule="best"`` keeps the best dev score (first on ties),
-  as the reference's result gathering does; ``rule="one-se"`` (the default) keeps the first
-  setting whose dev score is within one standard error of the best, ``sqrt(p (1 - p) / n_dev)``
-  for a best score p on n_dev examples (the "one-standard-error rule", Hastie, Tibshirani and
-  Friedman, ESL 7.10). With a few dozen dev examples and a grid of hundreds of settings (asym: 7
-  gammas x 5 lambdas x 6 f0 scalings), the plain maximum mostly picks dev noise.
+* Hyper-parameter selection on dev (`benchmark.kernels.selection.select_hyperparameters`): each
+  default grid lists a solver's settings in order of preference, the plain solver first (no f0
+  correction; for ``asym`` the strongest ridge ``1 / gamma`` first), and the first setting within
+  one standard error of the best dev score is kept (``rule="best"``: the reference's maximum).
+  With a few dozen dev examples and a grid of hundreds of settings (asym: 7 gammas x 5 lambdas x
+  6 f0 scalings), the plain maximum mostly picks dev noise.
 
 ``asym`` is the least-squares SVM for asymmetric kernels (He et al.), used with the A-SignGD
 kernel K(x_i, x) = <sign g(x_i), g(x)> and its flipped kernel: with ``H_ij = y_i K(x_i, x_j) y_j``
@@ -39,16 +42,19 @@ ties cannot occur.
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
+from benchmark.metrics import predict_labels
 from registry import BenchError
+from registry.registry import Registry
+
+S = TypeVar("S", bound=type)
 
 
 @dataclass(frozen=True)
@@ -56,28 +62,47 @@ class KernelSplit:
     """Kernel of the training set against one split, with what the solvers may need.
 
     ``kernel``: float64 ``[N_train, C, N_x, C]``; ``flipped``: the A-SignGD flipped kernel (same
-    shape, ``asym`` only); ``logits``: the model's initial logits ``[N_x, C]`` (f0 correction).
+    shape, ``asym`` only); ``logits``: the model's initial logits ``[N_x, C]`` (f0 correction);
+    ``extra``: other outputs of the formula by name (a plugin formula's), same shape.
     """
 
     kernel: torch.Tensor
     flipped: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         k = self.kernel
         if k.dim() != 4 or k.shape[1] != k.shape[3]:
             raise BenchError(f"a kernel must have shape [N_train, C, N_x, C], got {tuple(k.shape)}")
-        if self.flipped is not None and self.flipped.shape != k.shape:
-            raise BenchError(f"the flipped kernel has shape {tuple(self.flipped.shape)}, the kernel {tuple(k.shape)}")
+        for name, other in self.outputs.items():
+            if other.shape != k.shape:
+                raise BenchError(f"the {name} kernel has shape {tuple(other.shape)}, the kernel {tuple(k.shape)}")
         if self.logits is not None and tuple(self.logits.shape) != (k.shape[2], k.shape[1]):
             raise BenchError(f"logits must have shape [{k.shape[2]}, {k.shape[1]}], got {tuple(self.logits.shape)}")
 
     @classmethod
     def of(cls, value: Any, logits: torch.Tensor | None = None) -> KernelSplit:
-        """From a kernel tensor or an ``(kernel, flipped)`` pair (`AsymKernel`)."""
+        """From a kernel tensor, a formula's `KernelOutputs`, or a ``(kernel, flipped)`` pair."""
+        if hasattr(value, "as_dict"):
+            return cls.of_outputs(value.as_dict(), logits)
         if isinstance(value, tuple):
             return cls(value[0], value[1], logits)
         return cls(value, None, logits)
+
+    @classmethod
+    def of_outputs(cls, outputs: Mapping[str, torch.Tensor], logits: torch.Tensor | None = None) -> KernelSplit:
+        """From ``{output name: kernel}`` (``kernel`` required)."""
+        if "kernel" not in outputs:
+            raise BenchError(f"a kernel split needs the output 'kernel', got {sorted(outputs)}")
+        extra = {k: v for k, v in outputs.items() if k not in ("kernel", "flipped")}
+        return cls(outputs["kernel"], outputs.get("flipped"), logits, extra)
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """Every kernel output present, by name."""
+        found = {"kernel": self.kernel, **({"flipped": self.flipped} if self.flipped is not None else {})}
+        return {**found, **self.extra}
 
     @property
     def num_outputs(self) -> int:
@@ -112,19 +137,6 @@ def target_matrix(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, num_outputs).to(torch.float64)
 
 
-def predict_labels(scores: torch.Tensor) -> torch.Tensor:
-    """Class indices from scores ``[N, C]``: argmax, or ``score > 0`` for C = 1."""
-    if scores.shape[1] == 1:
-        return (scores[:, 0] > 0).long()
-    return scores.argmax(dim=1)
-
-
-def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of correct predictions."""
-    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
-    return float((predict_labels(scores.cpu()) == labels).double().mean()) if labels.numel() else 0.0
-
-
 def regularized(kernel: torch.Tensor, regularization: float) -> torch.Tensor:
     """``K + r * sigma_max(K) * I`` for a square flattened kernel (unchanged when r = 0)."""
     if not regularization:
@@ -133,12 +145,49 @@ def regularized(kernel: torch.Tensor, regularization: float) -> torch.Tensor:
     return kernel + regularization * sigma * torch.eye(kernel.shape[0], dtype=kernel.dtype)
 
 
+#: Default grids (chosen on dev). f0 scalings are added only when initial logits are available.
+REGULARIZATION_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
+F0_SCALING_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+GAMMA_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+LAMBDA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _f0_values(cls: type[KernelSolver], with_f0: bool) -> tuple[float | None, ...]:
+    return (None, *F0_SCALING_GRID) if with_f0 and cls.supports_f0 else (None,)
+
+
+def _check_solver(_name: str, obj: object) -> str | None:
+    if isinstance(obj, type) and issubclass(obj, KernelSolver):
+        return None
+    return f"it is a {type(obj).__name__}, not a benchmark.kernels.solvers.KernelSolver subclass"
+
+
+SOLVERS: Registry[type[KernelSolver]] = Registry("kernel solver", "kernel_bench.solvers", check=_check_solver)
+
+
+def register_solver(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[S], S]:
+    """Class decorator adding a `KernelSolver` subclass to `SOLVERS` under ``name``."""
+    return SOLVERS.register(name, aliases=aliases)
+
+
+def missing_outputs_message(solver: str, missing: list[str], formula: str | None = None) -> str:
+    """Why solver ``solver`` cannot run without the kernel outputs ``missing``, and which formulas have them."""
+    from registry.formulas import FORMULAS
+
+    having = [name for name, f in FORMULAS.items() if set(missing) <= set(f.output_names)]
+    where = f" (formulas with it: {', '.join(having)})" if having else ""
+    which = f"formula '{formula}'" if formula else "this formula"
+    return (f"solver '{solver}' needs the kernel output(s) {', '.join(repr(m) for m in missing)}, which {which} "
+            f"does not produce{where}; choose another solver or formula")
+
+
 class KernelSolver:
     """Base class: ``fit(train_split, labels)`` then ``decision(split)`` -> scores ``[N_x, C]``."""
 
     name: ClassVar[str]
     supports_f0: ClassVar[bool] = True
-    needs_flipped: ClassVar[bool] = False
+    #: The kernel outputs (of the run's formula) the solver reads.
+    needs: ClassVar[tuple[str, ...]] = ("kernel",)
     #: Hyper-parameters used only at prediction: grid points differing only in them share one fit.
     prediction_only: ClassVar[tuple[str, ...]] = ()
 
@@ -172,8 +221,7 @@ class KernelSolver:
         targets = target_matrix(labels, train.num_outputs)
         if targets.shape[0] != train.n_train:
             raise BenchError(f"{targets.shape[0]} labels for a kernel over {train.n_train} training examples")
-        if self.needs_flipped and train.flipped is None:
-            raise BenchError(f"solver '{self.name}' needs the flipped kernel (formula 'asym')")
+        self._check_outputs(train)
         self.num_outputs, self.n_train = train.num_outputs, train.n_train
         return targets
 
@@ -185,8 +233,18 @@ class KernelSolver:
                 f"kernel {tuple(split.kernel.shape)} does not match the fitted training kernel "
                 f"({self.n_train} examples, C = {self.num_outputs})"
             )
-        if self.needs_flipped and split.flipped is None:
-            raise BenchError(f"solver '{self.name}' needs the flipped kernel (formula 'asym')")
+        self._check_outputs(split)
+
+    def _check_outputs(self, split: KernelSplit) -> None:
+        missing = [name for name in self.needs if name not in split.outputs]
+        if missing:
+            raise BenchError(missing_outputs_message(self.name, missing))
+
+    @classmethod
+    def default_grid(cls, *, with_f0: bool = False) -> list[dict[str, Any]]:
+        """Hyper-parameter settings tried on dev, simplest first (f0 scalings only ``with_f0``)."""
+        f0s = _f0_values(cls, with_f0)
+        return [{"regularization": r, "f0_scaling": s} for s, r in itertools.product(f0s, REGULARIZATION_GRID)]
 
     def fit(self, train: KernelSplit, labels: torch.Tensor) -> KernelSolver:
         """Fit on the train x train kernel and the training labels."""
@@ -201,6 +259,7 @@ class KernelSolver:
         return predict_labels(self.decision(split))
 
 
+@register_solver("lstsq")
 class LstsqSolver(KernelSolver):
     """Kernel regression: ``(K + r sigma_max I) alpha = y - f0 / s``, solved by least squares."""
 
@@ -224,6 +283,7 @@ class LstsqSolver(KernelSolver):
         return scores + f0 if f0 is not None else scores
 
 
+@register_solver("svr")
 class SVRSolver(KernelSolver):
     """Support vector regression on the flattened targets (scikit-learn ``SVR(kernel='precomputed')``)."""
 
@@ -268,10 +328,16 @@ class _BinaryPairs(KernelSolver):
         return torch.from_numpy(np.asarray(values, dtype=np.float64)).reshape(split.n, self.num_outputs)
 
 
+@register_solver("svc")
 class SVCSolver(_BinaryPairs):
     """Support vector classification (scikit-learn ``SVC(kernel='precomputed')``); scores = decision function."""
 
     name = "svc"
+
+    @classmethod
+    def default_grid(cls, *, with_f0: bool = False) -> list[dict[str, Any]]:
+        """A few ridge settings (no f0 correction)."""
+        return [{"regularization": r} for r in (0.0, 1e-3, 1e-2)]
 
     def fit(self, train: KernelSplit, labels: torch.Tensor) -> SVCSolver:
         """Fit the SVC."""
@@ -287,6 +353,7 @@ class SVCSolver(_BinaryPairs):
         return self._scores(self.model, split)
 
 
+@register_solver("logistic")
 class LogisticSolver(_BinaryPairs):
     """Logistic regression with kernel rows as features (scikit-learn ``LogisticRegressionCV``).
 
@@ -295,6 +362,11 @@ class LogisticSolver(_BinaryPairs):
     """
 
     name = "logistic"
+
+    @classmethod
+    def default_grid(cls, *, with_f0: bool = False) -> list[dict[str, Any]]:
+        """One point: the cross-validation inside the fit chooses the strength."""
+        return [{"regularization": 0.0}]
 
     def fit(self, train: KernelSplit, labels: torch.Tensor) -> LogisticSolver:
         """Fit the cross-validated logistic regression."""
@@ -317,11 +389,12 @@ class LogisticSolver(_BinaryPairs):
         return self._scores(self.model, split)
 
 
+@register_solver("asym")
 class AsymSolver(KernelSolver):
     """LS-SVM for asymmetric kernels (A-SignGD); see the module docstring for the formulation."""
 
     name = "asym"
-    needs_flipped = True
+    needs = ("kernel", "flipped")
     prediction_only = ("lam",)
 
     def __init__(
@@ -343,6 +416,13 @@ class AsymSolver(KernelSolver):
     def hyperparameters(self) -> dict[str, Any]:
         """Regularization, f0 scaling, gamma and lambda."""
         return {**super().hyperparameters, "gamma": self.gamma, "lam": self.lam}
+
+    @classmethod
+    def default_grid(cls, *, with_f0: bool = False) -> list[dict[str, Any]]:
+        """gamma x lambda (x f0 scalings), the strongest ridge 1 / gamma first."""
+        f0s = _f0_values(cls, with_f0)
+        return [{"gamma": g, "lam": lam, "f0_scaling": s} for s, g, lam in itertools.product(f0s, GAMMA_GRID,
+                                                                                              LAMBDA_GRID)]
 
     def fit(self, train: KernelSplit, labels: torch.Tensor) -> AsymSolver:
         """Solve the 2n x 2n LS-SVM system (n = N_train * C pairs)."""
@@ -370,116 +450,15 @@ class AsymSolver(KernelSolver):
         return scores + f0 if f0 is not None else scores
 
 
-SOLVERS: dict[str, type[KernelSolver]] = {
-    cls.name: cls for cls in (LstsqSolver, LogisticSolver, SVRSolver, SVCSolver, AsymSolver)
-}
-
-
 def get_solver(name: str, **hyperparameters: Any) -> KernelSolver:
     """A solver by name with the given hyper-parameters; unknown names raise `BenchError`."""
-    key = str(name).strip().lower()
-    if key not in SOLVERS:
-        raise BenchError(f"unknown kernel solver '{name}'; choose from {', '.join(SOLVERS)}")
+    cls = SOLVERS.get(str(name))
     try:
-        return SOLVERS[key](**hyperparameters)
+        return cls(**hyperparameters)
     except TypeError as exc:
-        raise BenchError(f"bad hyper-parameters for solver '{key}': {exc}") from None
-
-
-#: Default grids (chosen on dev). f0 scalings are added only when initial logits are available.
-REGULARIZATION_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
-F0_SCALING_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
-GAMMA_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-LAMBDA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+        raise BenchError(f"bad hyper-parameters for solver '{SOLVERS.resolve_name(str(name))}': {exc}") from None
 
 
 def default_grid(name: str, *, with_f0: bool = False) -> list[dict[str, Any]]:
     """The default hyper-parameter grid of solver ``name`` (simplest settings first)."""
-    key = str(name).strip().lower()
-    if key not in SOLVERS:
-        raise BenchError(f"unknown kernel solver '{name}'; choose from {', '.join(SOLVERS)}")
-    f0s: tuple[float | None, ...] = (None, *F0_SCALING_GRID) if with_f0 and SOLVERS[key].supports_f0 else (None,)
-    if key == "asym":
-        return [
-            {"gamma": g, "lam": lam, "f0_scaling": s} for s, g, lam in itertools.product(f0s, GAMMA_GRID, LAMBDA_GRID)
-        ]
-    if key == "logistic":
-        return [{"regularization": 0.0}]
-    if key == "svc":
-        return [{"regularization": r} for r in (0.0, 1e-3, 1e-2)]
-    return [{"regularization": r, "f0_scaling": s} for s, r in itertools.product(f0s, REGULARIZATION_GRID)]
-
-
-@dataclass
-class Selection:
-    """The outcome of a dev-set search: best hyper-parameters, their fitted solver, all scores."""
-
-    solver: KernelSolver
-    hyperparameters: dict[str, Any]
-    dev_score: float
-    scores: list[tuple[dict[str, Any], float]] = field(default_factory=list)
-
-
-SELECTION_RULES = ("one-se", "best")
-
-
-def one_standard_error(score: float, n: int) -> float:
-    """The binomial standard error ``sqrt(p (1 - p) / n)`` of a dev score p on n examples (0 if p is not in [0, 1])."""
-    if n <= 0 or not 0.0 <= score <= 1.0:
-        return 0.0
-    return math.sqrt(score * (1.0 - score) / n)
-
-
-def select_hyperparameters(
-    name: str,
-    train: KernelSplit,
-    train_labels: torch.Tensor,
-    dev: KernelSplit,
-    dev_labels: torch.Tensor,
-    *,
-    grid: Sequence[Mapping[str, Any]] | None = None,
-    metric: Callable[[torch.Tensor, torch.Tensor], float] = accuracy,
-    rule: str = "one-se",
-) -> Selection:
-    """Fit ``name`` for every grid point on train, score it on dev, keep one by ``rule``.
-
-    ``rule``: ``"best"`` (the best dev score, first on ties) or ``"one-se"`` (the first grid point
-    within one standard error of the best; see the module docstring). The kernels are reused across
-    the grid, and points that differ only in prediction-time settings (asym's lambda) share one
-    fit; a point whose fit fails numerically scores -inf.
-    """
-    if rule not in SELECTION_RULES:
-        raise BenchError(f"unknown selection rule '{rule}'; choose from {', '.join(SELECTION_RULES)}")
-    with_f0 = train.logits is not None and dev.logits is not None
-    points = list(grid) if grid is not None else default_grid(name, with_f0=with_f0)
-    if not points:
-        raise BenchError("the hyper-parameter grid is empty")
-    candidates: list[Selection] = []
-    fitted: dict[tuple[tuple[str, Any], ...], KernelSolver | None] = {}
-    for point in points:
-        solver = get_solver(name, **point)
-        key = tuple(sorted((k, v) for k, v in point.items() if k not in solver.prediction_only))
-        try:
-            if key in fitted:  # same fit, other prediction-only settings (asym's lambda)
-                done = fitted[key]
-                if done is None:
-                    raise RuntimeError("fit failed")
-                solver.__dict__.update({k: v for k, v in done.__dict__.items() if k not in solver.prediction_only})
-            else:
-                fitted[key] = None
-                solver.fit(train, train_labels)
-                fitted[key] = solver
-            score = metric(solver.decision(dev), dev_labels)
-        except (RuntimeError, ValueError, np.linalg.LinAlgError):
-            score = -math.inf
-        if not math.isfinite(score):
-            score = -math.inf
-        candidates.append(Selection(solver, dict(point), score))
-    top = max(c.dev_score for c in candidates)
-    if top == -math.inf:
-        raise BenchError(f"solver '{name}' failed on every grid point; check the kernels for NaN or Inf")
-    threshold = top - one_standard_error(top, len(dev_labels)) if rule == "one-se" else top
-    chosen = next(c for c in candidates if c.dev_score >= threshold - 1e-12)
-    chosen.scores = [(c.hyperparameters, c.dev_score) for c in candidates]
-    return chosen
-
+    return SOLVERS.get(str(name)).default_grid(with_f0=with_f0)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from benchmark.distribution import LOCAL, Distribution
 from registry import BenchError, TaskSpec, first_error
 
 if TYPE_CHECKING:
@@ -58,17 +59,14 @@ class MethodOptions(BaseModel):
 
 @dataclass
 class RunContext:
-    """What a method receives: the resolved run, its splits, where to log, the device."""
+    """What a method receives: the resolved run, its splits, where to log, the device, its place among the ranks."""
 
     run: ResolvedRun
     splits: Splits
     tracker: Tracker
     device: torch.device
     work_dir: Path
-    launcher: str = "local"
-    deepspeed_config: dict[str, Any] | None = None
-    rank: int = 0
-    world_size: int = 1
+    distribution: Distribution = LOCAL
 
     @property
     def config(self) -> RunConfig:
@@ -108,6 +106,9 @@ class Method:
     display_order: ClassVar[int] = 1000
     #: Options a sweep sets for this method unless the sweep gives them (e.g. diagnostics for fine-tuning).
     sweep_defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether ``run`` shares its work across the ranks of ``ctx.distribution`` (data-parallel training,
+    #: kernel rows); a method without it runs whole on every rank of a multi-rank launch (rank 0 logs).
+    distributed: ClassVar[bool] = False
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options
@@ -130,6 +131,9 @@ class Method:
 
     def check_inputs(self, run: ResolvedRun, splits: Splits) -> None:
         """Validate the run against its loaded splits, still before a run exists; raise `BenchError`."""
+
+    def check_world_size(self, world_size: int) -> None:
+        """Check, before a multi-rank launch starts, that the options suit ``world_size`` ranks; raise `BenchError`."""
 
     def identity_extra(self, run: ResolvedRun) -> dict[str, Any]:
         """Content that changes this method's numbers beyond its options (e.g. a digest of input files)."""

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from benchmark.linear_probe import fit_linear_probe
 from benchmark.methods.base import Method, MethodOptions, RunContext, RunResult
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import compute_features, evaluate_splits, prepare
@@ -46,25 +47,6 @@ class LinearProbeOptions(MethodOptions):
         description="inverse L2 strengths tried; the best on dev is kept",
     )
     max_iter: int = Field(default=2000, ge=1)
-
-
-def fit_linear_probe(
-    features: np.ndarray, labels: np.ndarray, *, c: float = 1.0, seed: int = 0, max_iter: int = 2000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression on ``features``; returns ``(weight [C, H], bias [C])``.
-
-    For two classes scikit-learn fits a single row (the log-odds of class 1); it is returned
-    as two rows ``(-w/2, w/2)`` so that the weights always give one logit per class.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    classifier = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
-    classifier.fit(features, labels)
-    weight, bias = classifier.coef_, classifier.intercept_
-    if weight.shape[0] == 1:
-        weight = np.concatenate([-weight / 2, weight / 2])
-        bias = np.concatenate([-bias / 2, bias / 2])
-    return weight, bias
 
 
 @register_method("linear-probe")

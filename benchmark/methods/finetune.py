@@ -1,55 +1,57 @@
 """Fine-tuning methods: full or LoRA, with SGD or AdamW, prompt-based or standard ([CLS] head).
 
 ``ft-sgd`` / ``ft-adam`` (alias ``ft``) fine-tune every parameter of the logit model;
-``lora-sgd`` / ``lora-adam`` (alias ``lora``) add LoRA (``peft``) to the attention projections,
-freeze the backbone and train the adapters plus the head, as the reference does (its LoRA runs
-freeze every ``roberta.*`` parameter except ``lora_*``; the LM head stays trainable, minus the
+``lora-sgd`` / ``lora-adam`` (alias ``lora``) add LoRA (``peft``, `benchmark.adapters`) to the attention
+projections, freeze the backbone and train the adapters plus the head, as the reference does (its LoRA
+runs freeze every ``roberta.*`` parameter except ``lora_*``; the LM head stays trainable, minus the
 decoder weight that is tied to the word embeddings). ``--template none`` trains a [CLS] linear
 head instead of the label words' logits, optionally initialised from the linear probe
-(``--opt init_head=linear-probe``, as the reference's ``--from_linearhead``).
+(``--opt init_head=linear-probe``, as the reference's ``--from_linearhead``; `benchmark.linear_probe`).
 
-Default hyper-parameters per method are the ``Options`` classes below; ``--grid key=v1,v2`` trains
-every grid point and keeps the one with the best dev accuracy (ties: the first), which is what
-the reference's ``tools/gather_result.py`` does per seed.
+Default hyper-parameters per method are the ``Options`` classes below; ``--train-grid key=v1,v2``
+(option ``train_grid``) trains every grid point and keeps the one with the best dev accuracy (ties:
+the first), which is what the reference's ``tools/gather_result.py`` does per seed.
+
+`Finetune.build_model` is the one place the model at theta_0 is built (LoRA init, trainable set, head
+init); a run trains it, and `benchmark.finetuned` rebuilds it to load a saved run's theta_FT.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
+from benchmark.adapters import LORA_FIELDS, LoraOptions, lora_adapter
+from benchmark.diagnostics import Diagnostics, compute_diagnostics, log_diagnostics, split_batches
+from benchmark.grids import product, refuse_old_grid
+from benchmark.linear_probe import init_head_from_probe
 from benchmark.methods.base import MEASUREMENT, Method, RunContext, RunResult, role
-from benchmark.models import ClsHeadLogitModel, LogitModel, PromptLogitModel
-from benchmark.pipeline import Prepared, compute_features, prepare, use_binary
+from benchmark.models import LogitModel, PromptLogitModel
+from benchmark.pipeline import Prepared, prepare, use_binary
 from benchmark.training import (
-    META_FILE,
-    DistContext,
     TrainingOptions,
     TrainResult,
+    check_global_batch,
     evaluate_split,
-    load_weights,
     restore,
     save_weights,
     snapshot,
     train_model,
 )
-from registry import BenchError, first_error, register_method
+from registry import METHODS, BenchError, first_error, register_method
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from benchmark.config import RunConfig
     from benchmark.resolve import ResolvedRun
 
-#: Options a run's own grid cannot vary: the model (head init, LoRA adapters) is built once per run,
+#: Options a run's own train_grid cannot vary: the model (head init, LoRA adapters) is built once per run,
 #: and what is recorded is per run (a sweep's grid makes one run per value instead).
-NOT_GRIDDABLE_IN_RUN = frozenset(
-    {"init_head", "probe_c", "save_model", "diagnostics", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"}
-)
+NOT_GRIDDABLE_IN_RUN = frozenset({"init_head", "probe_c", "save_model", "diagnostics"}) | LORA_FIELDS
 
 
 class FinetuneOptions(TrainingOptions):
@@ -65,46 +67,47 @@ class FinetuneOptions(TrainingOptions):
         default=False, description="kernel-regime diagnostics of the run: linearization, kernel drift, movement",
         json_schema_extra=role(MEASUREMENT),
     )
-    grid: dict[str, list[Any]] = Field(
-        default_factory=dict, description="hyper-parameter grid, e.g. {'lr': [1e-5, 2e-5]}; best dev acc per seed"
+    train_grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="in-run search over training options, e.g. {'lr': [1e-5, 2e-5]}: one training per point, "
+                    "the best dev acc kept (--train-grid lr=1e-5,2e-5)",
     )
 
     @model_validator(mode="after")
     def _check_grid(self) -> FinetuneOptions:
-        fields = [name for name in type(self).model_fields if name != "grid"]
-        for key, values in self.grid.items():
+        fields = [name for name in type(self).model_fields if name != "train_grid"]
+        for key in self.train_grid:
             if key not in fields:
-                raise ValueError(f"grid key '{key}' is not an option of this method (options: {', '.join(fields)})")
+                raise ValueError(
+                    f"train_grid key '{key}' is not an option of this method (options: {', '.join(fields)})"
+                )
             if key in NOT_GRIDDABLE_IN_RUN:  # the model is built once per run: these would be silently ignored
                 raise ValueError(
-                    f"grid key '{key}' changes the model or what the run records, not the training; set it with "
-                    f"--opt {key}=..., or make one run per value with `bench sweep --grid {key}=v1,v2`"
+                    f"train_grid key '{key}' changes the model or what the run records, not the training; set it "
+                    f"with --opt {key}=..., or make one run per value with `bench sweep --grid {key}=v1,v2`"
                 )
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"grid key '{key}' needs a non-empty list of values")
-        if self.grid:
+        product(self.train_grid, "train_grid")  # every key has a non-empty list
+        if self.train_grid:
             self.grid_points()  # validates every point
         return self
 
     def grid_points(self) -> list[FinetuneOptions]:
-        """One options object per grid point (the cartesian product, in the grid's order); [self] without a grid."""
-        if not self.grid:
+        """One options object per train_grid point (the cartesian product, in its order); [self] without one."""
+        if not self.train_grid:
             return [self]
-        base = self.model_dump(exclude={"grid"})
-        keys = list(self.grid)
+        base = self.model_dump(exclude={"train_grid"})
         points = []
-        for values in itertools.product(*(self.grid[key] for key in keys)):
-            point = dict(zip(keys, values, strict=True))
+        for point in product(self.train_grid, "train_grid"):
             try:
                 points.append(type(self).model_validate({**base, **point}))
             except ValidationError as exc:
                 where, message = first_error(exc)
-                raise ValueError(f"grid point {point}: {where}: {message}") from None
+                raise ValueError(f"train_grid point {point}: {where}: {message}") from None
         return points
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The resolved options of one run, without the grid."""
-        return self.model_dump(exclude={"grid"})
+        """The resolved options of one run, without the train_grid."""
+        return self.model_dump(exclude={"train_grid"})
 
 
 class AdamOptions(FinetuneOptions):
@@ -119,13 +122,8 @@ class SgdOptions(FinetuneOptions):
     lr: float = Field(default=1e-3, gt=0, description="peak learning rate")
 
 
-class _LoraFields(FinetuneOptions):
-    lora_r: int = Field(default=8, ge=1, description="LoRA rank")
-    lora_alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout on the LoRA input")
-    lora_targets: list[str] = Field(
-        default_factory=lambda: ["query", "value"], description="module names that get adapters (attention projections)"
-    )
+class _LoraFields(LoraOptions, FinetuneOptions):
+    """Fine-tuning options plus the LoRA adapters (`benchmark.adapters.LoraOptions`)."""
 
 
 class LoraAdamOptions(_LoraFields):
@@ -141,35 +139,6 @@ class LoraSgdOptions(_LoraFields):
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-
-def lora_adapter(options: _LoraFields, seed: int) -> Callable[[nn.Module], nn.Module]:
-    """A function that injects LoRA layers (initialised from ``seed``) into a masked LM, in place."""
-
-    def adapt(mlm: nn.Module) -> nn.Module:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        targets = list(options.lora_targets)
-        linear = sorted({name.rsplit(".", 1)[-1] for name, m in mlm.named_modules() if isinstance(m, nn.Linear)})
-        if not any(name == t or name.endswith("." + t) for name, _ in mlm.named_modules() for t in targets):
-            raise BenchError(
-                f"LoRA targets {targets} match no module of {type(mlm).__name__}; its linear layers are named "
-                f"{linear}: pass --opt 'lora_targets=[\"...\"]' with the attention projections"
-            )
-        config = LoraConfig(
-            r=options.lora_r,
-            lora_alpha=options.lora_alpha,
-            lora_dropout=options.lora_dropout,
-            target_modules=targets,
-            bias="none",
-        )
-        torch.manual_seed(seed)
-        try:
-            return inject_adapter_in_model(config, mlm)
-        except ValueError as exc:
-            raise BenchError(f"cannot add LoRA to {type(mlm).__name__}: {str(exc).splitlines()[0]}") from exc
-
-    return adapt
 
 
 def head_module(model: LogitModel) -> nn.Module:
@@ -198,44 +167,74 @@ def mark_trainable(model: LogitModel, *, lora: bool) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def init_head_from_probe(model: LogitModel, prepared: Prepared, ctx: RunContext, c: float) -> None:
-    """Set the [CLS] head to the linear probe's solution on the (frozen) train features."""
-    from benchmark.methods.baselines import fit_linear_probe
+def formula_of_optimizer() -> dict[str, str]:
+    """Optimizer -> the kernel formula of its analog, from the method metadata.
 
-    if not isinstance(model, ClsHeadLogitModel):
-        raise BenchError("init_head=linear-probe initialises the [CLS] head of --template none; drop it for prompts")
-    train = prepared.encoded["train"]
-    features = compute_features(model, train, batch_size=ctx.config.batch_size, device=ctx.device)
-    weight, bias = fit_linear_probe(features.numpy(), train.labels.numpy(), c=c, seed=ctx.config.seed)
-    weight_t, bias_t = torch.as_tensor(weight, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32)
-    if model.num_outputs == 1 and weight_t.shape[0] == 2:  # one logit: the log-odds of class 1 over class 0
-        weight_t, bias_t = weight_t[1:] - weight_t[:1], bias_t[1:] - bias_t[:1]
-    if weight_t.shape[0] != model.num_outputs:
-        raise BenchError(f"the linear probe has {weight_t.shape[0]} outputs but the head has {model.num_outputs}")
-    model.set_head(weight_t, bias_t)
-
-
-def load_finetuned(ctx: RunContext, directory: Path) -> Prepared:
-    """Rebuild the logit model saved by ``--opt save_model=true`` (in ``directory``) for ``ctx`` and load theta_FT.
-
-    ``ctx`` must describe the same task, backbone and template as the saved run; LoRA runs get
-    their adapters back (same rank, alpha and targets) before the weights are loaded.
+    Every registered kernel method whose ``analog_of`` is a fine-tuning method maps that method's
+    optimizer to its ``formula`` (``ntk-sgd`` -> ``ft-sgd``: sgd -> sgd; ``ntk-adam`` -> ``ft-adam``:
+    adam -> asym); the first in display order wins when two disagree.
     """
-    meta_path = Path(directory) / META_FILE
-    if not meta_path.is_file():
-        raise BenchError(f"'{directory}' is not a saved fine-tuned model (no {META_FILE}); use a run's model/ artifact")
-    meta = json.loads(meta_path.read_text())
-    adapt = None
-    if meta.get("lora"):
-        adapt = lora_adapter(_LoraFields.model_validate(meta["hyperparameters"]), seed=0)
-    prepared = prepare(ctx, binary=bool(meta.get("binary")), adapt_mlm=adapt)
-    if prepared.model.num_outputs != meta.get("num_outputs", prepared.model.num_outputs):
-        raise BenchError(f"the saved model has {meta['num_outputs']} outputs, this run's model "
-                         f"{prepared.model.num_outputs}: use the saved run's task, template and --binary")
-    mark_trainable(prepared.model, lora=bool(meta.get("lora")))
-    load_weights(prepared.model, Path(directory))
-    prepared.model.eval()
-    return prepared
+    mapping: dict[str, str] = {}
+    kernels = sorted((cls for _, cls in METHODS.items() if getattr(cls, "family", None) == "kernel"),
+                     key=lambda cls: (cls.display_order, cls.name))
+    for cls in kernels:
+        formula, analog = getattr(cls, "formula", None), cls.analog_of
+        if formula is None or analog is None or analog not in METHODS:
+            continue
+        optimizer = getattr(METHODS.get(analog), "optimizer", None)
+        if optimizer is not None:
+            mapping.setdefault(optimizer, formula)
+    return mapping
+
+
+def diagnostics_formula(method: type[Finetune]) -> str:
+    """The kernel whose drift a fine-tuning method's diagnostics measure: its own kernel analog's formula
+    (the registered kernel method with ``analog_of`` = this method), else that of its optimizer."""
+    for _, cls in METHODS.items():
+        if getattr(cls, "family", None) == "kernel" and cls.analog_of == method.name and hasattr(cls, "formula"):
+            return cls.formula
+    by_optimizer = formula_of_optimizer()
+    if method.optimizer not in by_optimizer:
+        raise BenchError(
+            f"no kernel formula for optimizer '{method.optimizer}' of method '{method.name}': no registered kernel "
+            f"method is the analog of a method with that optimizer (known: {', '.join(by_optimizer) or 'none'})"
+        )
+    return by_optimizer[method.optimizer]
+
+
+def finetune_diagnostics(
+    model: nn.Module,
+    theta_0: Mapping[str, torch.Tensor],
+    prepared: Prepared,
+    ctx: RunContext,
+    *,
+    method: type[Finetune],
+    best_step: int | None = None,
+    kernel: bool = True,
+) -> Diagnostics:
+    """Diagnostics of a fine-tuned logit model: test linearization, train kernel drift, movement.
+
+    The kernel formula is the method's kernel analog's (`diagnostics_formula`: sgd for SGD, asym for
+    Adam); ``theta_0`` is the snapshot of the trained parameters taken before training; the model
+    holds theta_FT.
+    """
+    formula = diagnostics_formula(method)
+    batch_size = ctx.config.batch_size
+    train = split_batches(prepared.encoded["train"], batch_size, ctx.device)
+    test_split = prepared.encoded["test"]
+    test = split_batches(test_split, batch_size, ctx.device)
+    diag = compute_diagnostics(
+        model, theta_0, train, test, test_split.labels, formula=formula, kernel=kernel, progress=True
+    )
+    diag.details["setup"] = {
+        "theta_0": "pre-trained weights after head initialisation (trained parameters only)",
+        "theta_ft": "reported checkpoint (best dev)" + (f", step {best_step}" if best_step is not None else ""),
+        "optimizer": method.optimizer,
+        "prompt_based": bool(getattr(prepared.encoder, "prompt_based", True)),
+        "template": ctx.config.template,
+        "method": ctx.config.method,
+    }
+    return diag
 
 
 # ---------------------------------------------------------------------------------------- methods
@@ -248,6 +247,19 @@ class Finetune(Method):
     optimizer: ClassVar[str]
     lora: ClassVar[bool] = False
     sweep_defaults: ClassVar[dict[str, Any]] = {"diagnostics": True}
+    distributed = True
+
+    def check_world_size(self, world_size: int) -> None:
+        """Every grid point's global batch must split evenly across the ranks."""
+        options: FinetuneOptions = self.options  # type: ignore[assignment]
+        for point in options.grid_points():
+            check_global_batch(point.batch_size, world_size)
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> Method:
+        """Build the method from ``config.options``; the old option name ``grid`` is refused naming ``train_grid``."""
+        refuse_old_grid(cls.name, config.options, "train_grid")
+        return super().from_config(config)
 
     def check(self, run: ResolvedRun) -> None:
         """The linear-probe head init exists for standard ([CLS]-head) inputs only."""
@@ -257,23 +269,26 @@ class Finetune(Method):
                 "init_head=linear-probe initialises the [CLS] head of --template none; drop it for prompts"
             )
 
+    def build_model(self, ctx: RunContext, options: FinetuneOptions, *, binary: bool) -> tuple[Prepared, int]:
+        """The logit model at theta_0, as a run trains it: LoRA adapters initialised from the run's seed,
+        ``requires_grad`` set, the [CLS] head from the linear probe if asked. Returns it and its number of
+        trainable parameters."""
+        adapt = lora_adapter(options, ctx.config.seed) if self.lora else None  # type: ignore[arg-type]
+        prepared = prepare(ctx, binary=binary, adapt_mlm=adapt)
+        n_trainable = mark_trainable(prepared.model, lora=self.lora)
+        if options.init_head == "linear-probe":
+            init_head_from_probe(prepared.model, prepared, ctx, options.probe_c)
+        return prepared, n_trainable
+
     def run(self, ctx: RunContext) -> RunResult:
-        """Train every grid point, keep the best on dev, and report its dev and test metrics."""
+        """Train every train_grid point, keep the best on dev, and report its dev and test metrics."""
         options: FinetuneOptions = self.options  # type: ignore[assignment]
         seed = ctx.config.seed
-        adapt = lora_adapter(options, seed) if self.lora else None  # type: ignore[arg-type]
-        prepared = prepare(ctx, binary=use_binary(ctx), adapt_mlm=adapt)
+        prepared, n_trainable = self.build_model(ctx, options, binary=use_binary(ctx))
         model = prepared.model
-        n_trainable = mark_trainable(model, lora=self.lora)
-        if options.init_head == "linear-probe":
-            init_head_from_probe(model, prepared, ctx, options.probe_c)
-        dist = DistContext(
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            deepspeed_config=ctx.deepspeed_config if ctx.launcher == "deepspeed" else None,
-        )
+        dist = ctx.distribution
         ctx.tracker.log_params({"optimizer": self.optimizer, "lora": self.lora, "trainable_parameters": n_trainable})
-        fixed = {key: value for key, value in options.hyperparameters().items() if key not in options.grid}
+        fixed = {key: value for key, value in options.hyperparameters().items() if key not in options.train_grid}
         ctx.tracker.log_params({f"hp.{key}": value for key, value in fixed.items()})
 
         points = options.grid_points()
@@ -297,7 +312,7 @@ class Finetune(Method):
                 prefix=prefix,
                 dist=dist,
                 work_dir=ctx.work_dir,
-                label=", ".join(f"{key}={getattr(point, key)}" for key in sorted(options.grid)) + " " if prefix else "",
+                label=", ".join(f"{k}={getattr(point, k)}" for k in sorted(options.train_grid)) + " " if prefix else "",
             )
             dev_acc = result.best_metrics["dev_acc"]
             if len(points) > 1:
@@ -320,20 +335,16 @@ class Finetune(Method):
             metrics.update(split_metrics)
             predictions[name] = predicted
         if options.diagnostics and initial is not None:  # every rank: the kernel engine splits its work across them
-            from benchmark.diagnostics import finetune_diagnostics, log_diagnostics
-
-            diag = finetune_diagnostics(
-                model, initial, prepared, ctx, optimizer=self.optimizer, best_step=result.best_step
-            )
+            diag = finetune_diagnostics(model, initial, prepared, ctx, method=type(self), best_step=result.best_step)
             log_diagnostics(ctx.tracker, diag, headline=False)  # the diag_* metrics go out with the result
             metrics.update(diag.metrics)
         ctx.tracker.log_metrics(result.summary())
         params: dict[str, Any] = {"best_step": result.best_step}
         if len(points) > 1:
-            ctx.tracker.log_params({f"hp.{key}": getattr(chosen, key) for key in options.grid})
+            ctx.tracker.log_params({f"hp.{key}": getattr(chosen, key) for key in options.train_grid})
             params["grid_best"] = index
-            params.update({f"grid.{key}": getattr(chosen, key) for key in options.grid})
-        if options.save_model and ctx.rank == 0:
+            params.update({f"grid.{key}": getattr(chosen, key) for key in options.train_grid})
+        if options.save_model and dist.rank == 0:
             meta = {
                 "method": self.name,
                 "backbone": ctx.config.backbone,

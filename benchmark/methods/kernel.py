@@ -17,28 +17,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from benchmark.adapters import LoraOptions, lora_adapter
+from benchmark.grids import refuse_old_grid, settings_list
 from benchmark.identity import file_digest
 from benchmark.kernels import (
-    FORMULAS,
+    KernelArgs,
     KernelCache,
     KernelSplit,
     empirical_ntks,
     get_solver,
+    get_strategy,
     select_hyperparameters,
     select_parameters,
 )
 from benchmark.kernels.cache import ReferenceKernels, load_reference_kernels, reference_kernel_path
 from benchmark.kernels.memory import PeakMemory, parse_bytes
-from benchmark.kernels.ntk import initial_logits, normalize_formula
+from benchmark.kernels.ntk import initial_logits
 from benchmark.kernels.params import params_predicate, params_tag
+from benchmark.kernels.solvers import missing_outputs_message
+from benchmark.linear_probe import init_head_from_probe
 from benchmark.methods.base import MEASUREMENT, SOLVER, Method, MethodOptions, RunContext, RunResult, role
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import Prepared, prepare, to_device, use_binary
 from registry import BenchError, register_method
+from registry.formulas import FORMULAS, Formula, get_formula
 
 if TYPE_CHECKING:
+    from benchmark.config import RunConfig
     from benchmark.examples import Splits
     from benchmark.resolve import ResolvedRun
 
@@ -55,18 +62,24 @@ class KernelOptions(MethodOptions):
     the kernels are computed; ``load_kernels`` counts through the files' contents, not their path).
     """
 
-    solver: str | None = Field(default=None, description="lstsq | logistic | svr | svc | asym (default: by formula)",
-                               json_schema_extra=role(SOLVER))
+    solver: str | None = Field(default=None, description="a registered kernel solver: lstsq | logistic | svr | svc | "
+                               "asym | a plugin's (default: the formula's)", json_schema_extra=role(SOLVER))
+    formula: str | None = Field(default=None, description="a registered kernel formula (default: the method's, e.g. "
+                                "sgd for ntk-sgd); a plugin's formula runs through any kernel method")
     params: str | list[str] = Field(
         default="all", description="parameters in the kernel: all, no-embeddings, no-head, biases, lora, lora+head"
     )
-    strategy: Literal["fast", "reference"] = "fast"
+    strategy: str = Field(default="fast", description="kernel strategy: fast | reference (or a plugin's)")
     memory_budget: str | None = Field(default=None, description="peak extra memory, e.g. '4GiB' (default: auto)",
                                       json_schema_extra=role(MEASUREMENT))
     f0: bool = Field(default=True, description="also try the initial-logit correction (f0 scaling) on dev",
                      json_schema_extra=role(SOLVER))
-    grid: list[dict[str, Any]] | None = Field(default=None, description="solver hyper-parameter grid (None: built-in)",
-                                              json_schema_extra=role(SOLVER))
+    solver_grid: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="solver settings tried on dev, in order of preference: a list of settings, or key -> values "
+                    "(their product; --solver-grid key=v1,v2); None: the solver's built-in grid",
+        json_schema_extra=role(SOLVER),
+    )
     selection: Literal["one-se", "best"] = Field(
         default="one-se",
         description="dev selection over the grid: first setting within one standard error of the best, or the best",
@@ -81,15 +94,25 @@ class KernelOptions(MethodOptions):
         default="linear-probe", description="[CLS] head init for --template none (the reference uses the probe)"
     )
 
+    def identity(self, *, exclude_roles: tuple[str, ...] = (MEASUREMENT,)) -> dict[str, Any]:
+        """As `MethodOptions.identity`; ``formula`` only when set, so runs made before the option existed
+        keep their config hashes and kernel cache keys (the method's own formula is in its name)."""
+        data = super().identity(exclude_roles=exclude_roles)
+        if data.get("formula") is None:
+            data.pop("formula", None)
+        return data
 
-class LoraKernelOptions(KernelOptions):
-    """Kernel options plus the LoRA adapters whose gradients span the kernel."""
+
+    @field_validator("solver_grid", mode="before")
+    @classmethod
+    def _settings(cls, value: Any) -> Any:
+        return settings_list(value)
+
+
+class LoraKernelOptions(LoraOptions, KernelOptions):
+    """Kernel options plus the LoRA adapters whose gradients span the kernel (`benchmark.adapters`)."""
 
     params: str | list[str] = "lora"
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: float = Field(default=16.0, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    lora_targets: list[str] = Field(default_factory=lambda: ["query", "value"])
 
 
 def _inputs_digest(prepared: Prepared) -> str:
@@ -109,10 +132,21 @@ def _batches(prepared: Prepared, name: str, batch_size: int, device: torch.devic
     return [to_device(inputs, device) for inputs, _ in prepared.encoded[name].batches(batch_size)]
 
 
+def _output_tensors(spec: Formula, kernels: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """``{split}_{output}`` tensors of formula ``spec`` from `empirical_ntks`'s result."""
+    tensors = {}
+    for split in SPLITS:
+        value = kernels[split][spec.name]
+        values = value.as_dict() if len(spec.outputs) > 1 else {"kernel": value}
+        tensors.update({f"{split}_{output}": kernel for output, kernel in values.items()})
+    return tensors
+
+
 class KernelMethod(Method):
     """Shared flow: prepare the logit model, compute (or load) kernels, select a solver on dev."""
 
     family = "kernel"
+    distributed = True  # the kernel engine splits its rows across the ranks
     formula: ClassVar[str]
     lora: ClassVar[bool] = False
     Options = KernelOptions
@@ -121,11 +155,25 @@ class KernelMethod(Method):
 
     def __init__(self, options: MethodOptions) -> None:
         super().__init__(options)
-        # Unknown solvers, parameter presets and budgets fail before any kernel is computed.
-        get_solver(self.solver_name)
+        # Unknown formulas, solvers, strategies, parameter presets and budgets fail before any kernel is computed.
+        spec = self.formula_spec
+        solver = get_solver(self.solver_name)
+        missing = [name for name in solver.needs if name not in spec.output_names]
+        if missing:
+            raise BenchError(missing_outputs_message(solver.name, missing, spec.name))
         params_predicate(options.params)  # type: ignore[attr-defined]
         if options.memory_budget is not None:  # type: ignore[attr-defined]
             parse_bytes(options.memory_budget)  # type: ignore[attr-defined]
+        get_strategy(options.strategy).check(  # type: ignore[attr-defined]
+            KernelArgs(memory_budget=options.memory_budget))  # type: ignore[attr-defined]
+        for point in options.solver_grid or ():  # type: ignore[attr-defined]
+            get_solver(self.solver_name, **point)  # a setting the solver does not take fails here
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> Method:
+        """Build the method from ``config.options``; the old option name ``grid`` is refused naming ``solver_grid``."""
+        refuse_old_grid(cls.name, config.options, "solver_grid")
+        return super().from_config(config)
 
     def reference_files(self, run: ResolvedRun) -> dict[str, Path]:
         """The ``--load-kernels`` file of each split (`BenchError` when one is missing)."""
@@ -150,7 +198,7 @@ class KernelMethod(Method):
         options: KernelOptions = self.options  # type: ignore[assignment]
         if options.load_kernels is not None:
             for path in self.reference_files(run).values():
-                load_reference_kernels(path, formula=self.formula)
+                load_reference_kernels(path, formula=self.formula_spec.name)
 
     def read_reference(self, run: ResolvedRun, splits: Splits) -> dict[str, ReferenceKernels]:
         """The ``--load-kernels`` files of each split, checked against this run's split sizes and labels."""
@@ -159,8 +207,8 @@ class KernelMethod(Method):
         kernels = {}
         for split, path in self.reference_files(run).items():
             examples = getattr(splits, split)
-            ref = load_reference_kernels(path, formula=self.formula, n_train=n_train, n_examples=len(examples),
-                                         num_outputs=outputs)
+            ref = load_reference_kernels(path, formula=self.formula_spec.name, n_train=n_train,
+                                         n_examples=len(examples), num_outputs=outputs)
             if ref.labels.tolist() != [example.label for example in examples]:
                 raise BenchError(f"the labels in {path} do not match this run's {split} split: the kernel was "
                                  "computed for another task, k or seed")
@@ -181,23 +229,23 @@ class KernelMethod(Method):
         return {"loaded_kernels": {split: file_digest(path) for split, path in self.reference_files(run).items()}}
 
     @property
-    def solver_name(self) -> str:
-        """The solver: the option, else ``asym`` for A-SignGD and least squares otherwise (the reference's)."""
+    def formula_spec(self) -> Formula:
+        """The kernel formula: the ``formula`` option, else the method's own (`registry.formulas`)."""
         options: KernelOptions = self.options  # type: ignore[assignment]
-        return options.solver or ("asym" if self.formula == "asym" else "lstsq")
+        return get_formula(options.formula or self.formula)
+
+    @property
+    def solver_name(self) -> str:
+        """The solver: the option, else the formula's default (``asym`` for A-SignGD, else lstsq, as the reference)."""
+        options: KernelOptions = self.options  # type: ignore[assignment]
+        return options.solver or self.formula_spec.default_solver
 
     def prepare_model(self, ctx: RunContext) -> Prepared:
         """The logit model at the pre-trained weights (LoRA adapters added if this is a LoRA kernel)."""
         options: KernelOptions = self.options  # type: ignore[assignment]
-        adapt = None
-        if self.lora:
-            from benchmark.methods.finetune import lora_adapter
-
-            adapt = lora_adapter(options, seed=ctx.config.seed)  # type: ignore[arg-type]
+        adapt = lora_adapter(options, seed=ctx.config.seed) if self.lora else None  # type: ignore[arg-type]
         prepared = prepare(ctx, binary=use_binary(ctx), adapt_mlm=adapt)
         if not prepared.encoder.prompt_based and options.init_head == "linear-probe":
-            from benchmark.methods.finetune import init_head_from_probe
-
             init_head_from_probe(prepared.model, prepared, ctx, c=1.0)
         return prepared
 
@@ -210,9 +258,10 @@ class KernelMethod(Method):
         for name in ("method", "method_extra", "batch_size"):
             identity.pop(name)
         identity["options"] = options.identity(exclude_roles=(MEASUREMENT, SOLVER))
+        identity["options"].pop("formula", None)  # the key names the formula below: siblings share one pass
         return {
             "run": identity,
-            "formula": normalize_formula(formula),
+            "formula": get_formula(formula).name,
             "params": params_tag(options.params),
             "inputs": _inputs_digest(prepared),
             "label_word_ids": list(prepared.encoder.label_word_ids),
@@ -221,11 +270,13 @@ class KernelMethod(Method):
         }
 
     def compute_kernels(self, ctx: RunContext, prepared: Prepared) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Kernels (train x train, train x dev, train x test, flips for asym) and initial logits, cached.
+        """Kernels (train x train, train x dev, train x test; every output of the formula) and initial logits.
 
-        On a cache miss the kernels of all three formulas are computed from one set of per-example
-        gradients and each is cached, so the sibling kernel methods of the same cell reuse them.
-        Returns this method's tensors and facts to log (parameter count, seconds, peak memory, cache hit).
+        Cached: on a miss the kernels of every registered formula are computed from one set of
+        per-example gradients (the built-ins alone need all four sign combinations, so a plugin's
+        formula adds none) and each is cached, so the sibling kernel methods of the same cell reuse
+        them. Returns this method's tensors (``{split}_{output}``, ``{split}_logits``) and facts to log
+        (parameter count, seconds, peak memory, cache hit).
         """
         options: KernelOptions = self.options  # type: ignore[assignment]
         model, device = prepared.model, ctx.device
@@ -233,58 +284,48 @@ class KernelMethod(Method):
         facts: dict[str, Any] = {"kernel_params": sum(t.tensor.numel() for t in selected), "kernel_cache_hit": 1.0}
         n = {name: len(prepared.encoded[name]) for name in SPLITS}
         c = prepared.num_outputs
-
-        def expected(formula: str) -> dict[str, tuple[int, ...]]:
-            shapes = {f"{name}_kernel": (n["train"], c, n[name], c) for name in SPLITS}
-            if formula == "asym":
-                shapes.update({f"{name}_flipped": (n["train"], c, n[name], c) for name in SPLITS})
-            shapes.update({f"{name}_logits": (n[name], c) for name in SPLITS})
-            return shapes
-
+        mine = self.formula_spec
+        shapes = {f"{split}_{output}": (n["train"], c, n[split], c) for split in SPLITS for output in mine.output_names}
+        shapes.update({f"{split}_logits": (n[split], c) for split in SPLITS})
         cache = KernelCache(ctx.config.resolved_cache_dir() / "kernels")
-        configs = {formula: self.cache_config(ctx, prepared, formula) for formula in FORMULAS}
-        facts["kernel_cache_file"] = str(cache.path(configs[self.formula]))
-        cached = cache.load(configs[self.formula], expected(self.formula))
-        if cached is not None:
-            return cached, facts
+        config = self.cache_config(ctx, prepared, mine.name)
 
-        facts["kernel_cache_hit"] = 0.0
-        batches = {name: _batches(prepared, name, options.kernel_batch_size, device) for name in SPLITS}
-        start = time.perf_counter()
-        with PeakMemory(device) as peak:
-            kernels = empirical_ntks(
-                model, batches["train"], {"train": None, "dev": batches["dev"], "test": batches["test"]},
-                formulas=FORMULAS, params=options.params, strategy=options.strategy,
-                memory_budget=options.memory_budget,
-            )
-        facts["kernel_seconds"] = time.perf_counter() - start
-        facts["kernel_peak_memory_mb"] = peak.peak_bytes / 2**20
-        logits = {f"{name}_logits": initial_logits(model, batches[name]) for name in SPLITS}
-        per_formula: dict[str, dict[str, torch.Tensor]] = {}
-        for formula in FORMULAS:
-            tensors = dict(logits)
-            for name in SPLITS:
-                value = kernels[name][formula]
-                if formula == "asym":
-                    tensors[f"{name}_kernel"], tensors[f"{name}_flipped"] = value.kernel, value.flipped
+        def compute() -> dict[str, torch.Tensor]:
+            facts["kernel_cache_hit"] = 0.0
+            formulas = dict.fromkeys([mine.name, *(name for name, _ in FORMULAS.items())])
+            specs = [get_formula(name) for name in formulas]
+            batches = {name: _batches(prepared, name, options.kernel_batch_size, device) for name in SPLITS}
+            start = time.perf_counter()
+            with PeakMemory(device) as peak:
+                kernels = empirical_ntks(
+                    model, batches["train"], {"train": None, "dev": batches["dev"], "test": batches["test"]},
+                    formulas=list(formulas), params=options.params, strategy=options.strategy,
+                    memory_budget=options.memory_budget,
+                )
+            facts["kernel_seconds"] = time.perf_counter() - start
+            facts["kernel_peak_memory_mb"] = peak.peak_bytes / 2**20
+            logits = {f"{name}_logits": initial_logits(model, batches[name]) for name in SPLITS}
+            for spec in specs:
+                tensors = {**logits, **_output_tensors(spec, kernels)}
+                if spec.name == mine.name:
+                    own = tensors  # saved by get_or_compute
                 else:
-                    tensors[f"{name}_kernel"] = value
-            try:
-                cache.save(configs[formula], tensors)
-            except OSError as exc:  # the kernels are computed: a cache that cannot be written must not lose them
-                logger.warning("could not write the kernel cache in %s (%s); the run goes on without it",
-                               cache.root, exc)
-                facts.pop("kernel_cache_file", None)
-            per_formula[formula] = tensors
-        return per_formula[self.formula], facts
+                    cache.save_or_warn(self.cache_config(ctx, prepared, spec.name), tensors)
+            return own
+
+        path = cache.path(config)
+        before = path.stat().st_mtime_ns if path.is_file() else None
+        tensors = cache.get_or_compute(config, compute, shapes)
+        written = path.is_file() and (facts["kernel_cache_hit"] or path.stat().st_mtime_ns != before)
+        if written:  # a cache that could not be written leaves no file (or a stale one) to log
+            facts["kernel_cache_file"] = str(path)
+        return tensors, facts
 
     def load_reference(self, ctx: RunContext) -> dict[str, torch.Tensor]:
         """The reference's pre-computed kernels of this run, as the tensors the solver takes."""
         tensors: dict[str, torch.Tensor] = {}
         for split, ref in self.read_reference(ctx.run, ctx.splits).items():
-            tensors[f"{split}_kernel"] = ref.kernel
-            if ref.flipped is not None:
-                tensors[f"{split}_flipped"] = ref.flipped
+            tensors.update({f"{split}_{output}": kernel for output, kernel in ref.outputs.items()})
         return tensors
 
     def run(self, ctx: RunContext) -> RunResult:
@@ -296,18 +337,16 @@ class KernelMethod(Method):
         else:
             tensors, facts = self.compute_kernels(ctx, prepared)
         use_f0 = options.f0 and "train_logits" in tensors
+        outputs = self.formula_spec.output_names
 
         def split_of(name: str) -> KernelSplit:
-            return KernelSplit(
-                kernel=tensors[f"{name}_kernel"],
-                flipped=tensors.get(f"{name}_flipped"),
-                logits=tensors[f"{name}_logits"] if use_f0 else None,
-            )
+            return KernelSplit.of_outputs({output: tensors[f"{name}_{output}"] for output in outputs},
+                                          tensors[f"{name}_logits"] if use_f0 else None)
 
         labels = {name: prepared.encoded[name].labels for name in SPLITS}
         selection = select_hyperparameters(
             self.solver_name, split_of("train"), labels["train"], split_of("dev"), labels["dev"],
-            grid=options.grid, rule=options.selection,
+            grid=options.solver_grid, rule=options.selection,
         )
         for i, (_, score) in enumerate(selection.scores):
             ctx.tracker.log_metrics({"solver_grid_dev_acc": score if score > float("-inf") else -1.0}, step=i)
@@ -323,7 +362,7 @@ class KernelMethod(Method):
         params = {
             "solver": self.solver_name,
             "solver_selection": options.selection,
-            "formula": self.formula,
+            "formula": self.formula_spec.name,
             "kernel_params": facts.get("kernel_params", "reference"),
             **{f"solver.{k}": v for k, v in selection.hyperparameters.items()},
         }
@@ -337,17 +376,19 @@ def export_kernels(method: KernelMethod, ctx: RunContext, out_dir: Path) -> list
     """Compute (or reuse) the kernels of ``ctx`` and write them in the reference's file layout.
 
     ``<out_dir>/{train,dev,test}_kernels_<task>.pt`` each hold ``(kernel, labels)`` with the kernel
-    ``[N_train, C, N_x, C]`` (for A-SignGD the stack ``[2, ...]`` of the kernel and its flip), so
-    that ``bench run --load-kernels out_dir`` (and the reference's own loaders) read them back.
+    ``[N_train, C, N_x, C]`` (for a formula with several outputs their stack in its order: for
+    A-SignGD ``[2, ...]``, the kernel and its flip), so that ``bench run --load-kernels out_dir``
+    (and the reference's own loaders) read them back.
     """
     prepared = method.prepare_model(ctx)
     tensors, _ = method.compute_kernels(ctx, prepared)
     out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = method.formula_spec.output_names
     paths = []
     for split in SPLITS:
         kernel = tensors[f"{split}_kernel"]
-        if f"{split}_flipped" in tensors:
-            kernel = torch.stack([kernel, tensors[f"{split}_flipped"]])
+        if len(outputs) > 1:
+            kernel = torch.stack([tensors[f"{split}_{output}"] for output in outputs])
         path = reference_kernel_path(out_dir, split, ctx.task.name)
         torch.save((kernel, prepared.encoded[split].labels.clone()), path)
         paths.append(path)

@@ -1,0 +1,322 @@
+"""The per-batch work of the fast eNTK strategy: reverse passes, assembly, storing and streaming.
+
+`FastKernelEngine` (`benchmark.kernels.fast`) plans the passes and drives them; the operations of
+one pass live here: the forward and C reverse passes of a batch (`_backward`), the assembly of its
+per-example gradients into dense columns or sparse rows, the stored side of a chunk (`_store`), the
+blocks of a streamed batch against it (`_stream`, `_flush` for gathered rows) and the diagonal
+blocks of an ``a x a`` kernel (`_diagonal`). See the `benchmark.kernels.fast` docstring for the
+algorithm and its memory and precision.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.kernels.batches import Examples
+from benchmark.kernels.layout import Group, Pending, Stored, Twin, place
+from benchmark.kernels.per_example import (
+    Slot,
+    SparseRows,
+    batch_size,
+    fallback_gradients,
+    record,
+    sparse_entries,
+    sparse_join,
+    write_dense,
+)
+from benchmark.kernels.planner import Combo, Plan
+from benchmark.kernels.products import accumulate, gram, product
+
+
+class PassOps:
+    """The operations of one pass, shared by `FastKernelEngine` (which owns the state named here)."""
+
+    model: nn.Module
+    combos: list[Combo]
+    num_outputs: int
+    device: torch.device
+    dtype: torch.dtype
+    plan: Plan | None
+    twin: Twin | None
+    stats: dict[str, Any]
+    _scratches: dict[str, torch.Tensor]
+    _bar: Any
+
+    # ------------------------------------------------------------------ timing helpers
+    def _tick(self, key: str, start: tuple[float, float]) -> tuple[float, float]:
+        """Add the wall and CPU seconds since ``start`` to ``stats[key]`` and ``stats[key + '_cpu']``."""
+        stop = now()
+        self.stats[key] = self.stats.get(key, 0.0) + stop[0] - start[0]
+        self.stats[key + "_cpu"] = self.stats.get(key + "_cpu", 0.0) + stop[1] - start[1]
+        return stop
+
+
+    def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+        """A ``[rows, cols]`` work buffer kept across batches and passes (grown when too small).
+
+        Allocating (and first touching) a fresh buffer per batch costs page faults and zeroing that
+        show up in the engine's time; the contents are always overwritten before use.
+        """
+        need = rows * cols
+        buffer = self._scratches.get(name)
+        if buffer is None or buffer.numel() < need or buffer.dtype != dtype:
+            buffer = torch.empty(need, dtype=dtype, device=self.device)
+            self._scratches[name] = buffer
+        return buffer[:need].view(rows, cols)
+
+    def _advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    # ------------------------------------------------------------------ one batch
+    def _backward(
+        self, group: Group, batch: dict[str, Any], model: nn.Module | None = None
+    ) -> tuple[Any, list[dict[int, torch.Tensor]], torch.Tensor | None]:
+        model = model if model is not None else self.model
+        t = now()
+        with record(group.modules, batch_size(batch)) as rec:
+            logits = model(**batch)
+        t = self._tick("forward", t)
+        outputs = rec.outputs()
+        C = self.num_outputs
+        grads: list[dict[int, torch.Tensor]] = []
+        for c in range(C):
+            if outputs:
+                g = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < C - 1, allow_unused=True)
+                grads.append({id(o): x for o, x in zip(outputs, g, strict=True) if x is not None})
+            else:
+                grads.append({})
+        t = self._tick("backward", t)
+        fallback = None
+        if group.fallback:
+            fallback = fallback_gradients(model, batch, group.fallback, C)
+            self._tick("fallback", t)
+        return rec, grads, fallback
+
+    def _fill_dense(
+        self,
+        slots: list[Slot],
+        rec: Any,
+        grads: dict[int, torch.Tensor],
+        fallback: torch.Tensor | None,
+        fb_offsets: dict[int, int],
+        target: torch.Tensor,
+        base: int,
+        c: int,
+    ) -> None:
+        """Write logit ``c``'s per-example gradients of ``slots`` into ``target`` (columns from ``base``)."""
+        for slot in slots:
+            view = target[:, slot.offset - base : slot.offset - base + slot.numel]
+            if slot.fallback:
+                start = fb_offsets[slot.index]
+                view.copy_(fallback[c, :, start : start + slot.numel])  # type: ignore[index]
+                continue
+            first = True
+            for use in slot.uses:
+                for call in rec.calls.get(id(use.module), []):
+                    go = grads.get(id(call.output))
+                    if go is not None:
+                        write_dense(use, call, go, view, first)
+                        first = False
+            if first:
+                view.zero_()
+
+    def _sparse_rows(
+        self, slot: Slot, rec: Any, grads: list[dict[int, torch.Tensor]], size: int, row_of: Any
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        parts = []
+        for c, per_c in enumerate(grads):
+            for use in slot.uses:
+                for call in rec.calls.get(id(use.module), []):
+                    go = per_c.get(id(call.output))
+                    if go is not None:
+                        rows, ids, values = sparse_entries(use, call, go, size)
+                        parts.append((row_of(c, rows), ids, values))
+        return parts
+
+    @staticmethod
+    def _fb_offsets(group: Group) -> dict[int, int]:
+        offsets, at = {}, 0
+        for slot in group.fallback:
+            offsets[slot.index] = at
+            at += slot.numel
+        return offsets
+
+    # ------------------------------------------------------------------ store
+    def _store(self, group: Group, a: Examples, start: int, stop: int, max_batch: int) -> Stored:
+        """Per-example gradients of examples ``start:stop`` of ``a`` for ``group``, with their signs.
+
+        With a float64 twin of the model (see `Twin`), the gradients are computed in float64 and
+        rounded into the stored buffer, so their signs are those of the float64 gradients.
+        """
+        C, A = self.num_outputs, stop - start
+        twin = self.twin
+        model, work_group = (twin.model, twin.groups[id(group)]) if twin is not None else (self.model, group)
+        assert self.plan is not None
+        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device) if self.plan.store_raw else None
+        dense_sign = (
+            torch.zeros(C * A, group.cols, dtype=torch.int8, device=self.device) if self.plan.store_sign else None
+        )
+        direct = twin is None and dense_sign is None  # gradients written straight into the stored rows
+        parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s.index: [] for s in group.sparse}
+        fb_offsets = self._fb_offsets(group)
+        for first, batch in a.pieces(start, stop, max_batch):
+            size = batch_size(batch)
+            rec, grads, fallback = self._backward(work_group, batch, model)
+            t = now()
+            local = first - start
+            for c in range(C):
+                at = slice(c * A + local, c * A + local + size)
+                if direct:
+                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
+                    continue
+                # computed in the model's precision (float64 with a twin), then rounded and/or signed
+                for segment in work_group.segments:  # one segment at a time: the scratch stays small
+                    cols = slice(segment.start, segment.stop)
+                    dtype = twin.model_dtype if twin else self.dtype
+                    exact = self._scratch("store", size, segment.stop - segment.start, dtype)
+                    self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, exact, segment.start, c)
+                    if dense is not None:
+                        dense[at, cols].copy_(exact)
+                    if dense_sign is not None:
+                        dense_sign[at, cols].copy_(exact.sign_())
+                    del exact
+            for slot in work_group.sparse:
+                parts[slot.index] += self._sparse_rows(
+                    slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
+                )
+            self._tick("per_example", t)
+            del rec, grads, fallback
+            self._advance(size)
+        t = now()
+        sparse = {}
+        for slot in group.sparse:
+            items = parts[slot.index]
+            if items:
+                rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
+            else:
+                rows = ids = torch.zeros(0, dtype=torch.long, device=self.device)
+                values = torch.zeros(0, slot.width, dtype=self.dtype, device=self.device)
+            entries = SparseRows.build(rows, ids, values, C * A)
+            if entries.values.dtype != self.dtype:
+                entries = SparseRows(entries.ids, entries.rows, entries.values.to(self.dtype))
+            sparse[slot.index] = entries
+        self._tick("per_example", t)
+        return Stored(start, stop, dense, dense_sign, sparse)
+
+    # ------------------------------------------------------------------ stream
+    def _stream(
+        self,
+        group: Group,
+        stored: Stored,
+        batch: dict[str, Any],
+        combos: list[Combo],
+        max_pairs: int,
+        pending: Pending | None = None,
+        first: int = 0,
+    ) -> dict[Combo, torch.Tensor]:
+        """Blocks ``[C * A, C * B]`` (float64) of ``stored`` against this batch, for each combo.
+
+        With ``pending`` (a group of one segment), the dense gradients are only written into its
+        buffer, to be multiplied later together with other batches' (`_flush`); the blocks then hold
+        the sparse part only.
+        """
+        C, size = self.num_outputs, batch_size(batch)
+        rec, grads, fallback = self._backward(group, batch)
+        blocks = {
+            combo: torch.zeros(C * stored.size, C * size, dtype=torch.float64, device=self.device) for combo in combos
+        }
+        fb_offsets = self._fb_offsets(group)
+        need_sign = any(y for _, y in combos)
+        if pending is not None:
+            t = now()
+            segment = group.segments[0]
+            rows = pending.work[pending.used : pending.used + C * size]
+            for c in range(C):
+                target = rows[c * size : (c + 1) * size]
+                self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, target, segment.start, c)
+            pending.pieces.append((first, size, pending.used))
+            pending.used += C * size
+            self._tick("per_example", t)
+        for segment in group.segments if pending is None else []:
+            t = now()
+            cols = segment.stop - segment.start
+            work = self._scratch("stream", C * size, cols, self.dtype)
+            for c in range(C):
+                self._fill_dense(
+                    segment.slots,
+                    rec,
+                    grads[c],
+                    fallback,
+                    fb_offsets,
+                    work[c * size : (c + 1) * size],
+                    segment.start,
+                    c,
+                )
+            work_sign = (
+                torch.sign(work, out=self._scratch("stream_sign", C * size, cols, self.dtype)) if need_sign else None
+            )
+            t = self._tick("per_example", t)
+            for x, y in combos:
+                left = stored.variant(x)[:, segment.start : segment.stop]
+                right = work_sign if y else work
+                accumulate(blocks[(x, y)], left, right)  # type: ignore[arg-type]
+            self._tick("contract", t)
+            del work, work_sign
+        for slot in group.sparse:
+            t = now()
+            items = self._sparse_rows(slot, rec, grads, size, lambda c, r: r + c * size)
+            if items:
+                rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
+                stream = SparseRows.build(rows, ids, values, C * size)
+                t = self._tick("per_example", t)
+                sparse_join(stored.sparse[slot.index], stream, blocks, max_pairs)
+                self._tick("contract", t)
+        self._advance(size)
+        return blocks
+
+    def _flush(self, pending: Pending, stored: Stored, out: dict[Combo, torch.Tensor], a0: int) -> None:
+        """Multiply the pending streamed rows with the stored side and place the blocks."""
+        if not pending.used:
+            return
+        t = now()
+        C = self.num_outputs
+        work = pending.work[: pending.used]
+        cols = work.shape[1]
+        need_sign = any(y for _, y in self.combos)
+        work_sign = (
+            torch.sign(work, out=self._scratch("flush_sign", pending.used, cols, self.dtype)) if need_sign else None
+        )
+        t = self._tick("per_example", t)
+        for x, y in self.combos:
+            left = stored.variant(x)[:, :cols]
+            block = product(left, work_sign if y else work)  # type: ignore[arg-type]
+            for first, size, offset in pending.pieces:
+                place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
+        pending.used, pending.pieces = 0, []
+        self._tick("contract", t)
+
+    def _diagonal(self, group: Group, stored: Stored, combos: list[Combo], max_pairs: int) -> dict[Combo, torch.Tensor]:
+        t = now()
+        n = self.num_outputs * stored.size
+        blocks = {}
+        for x, y in combos:
+            block = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+            if group.cols:
+                left, right = stored.variant(x), stored.variant(y)
+                block.add_(gram(left, right, symmetric=x == y))
+            blocks[(x, y)] = block
+        for slot in group.sparse:
+            rows = stored.sparse[slot.index]
+            sparse_join(rows, rows, blocks, max_pairs)
+        self._tick("contract", t)
+        return blocks
+
+
+def now() -> tuple[float, float]:
+    """(wall clock, process CPU time) in seconds."""
+    return time.perf_counter(), time.process_time()
