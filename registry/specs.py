@@ -1,15 +1,14 @@
-"""Pydantic specs for the things the registries hold: tasks, templates and backbones."""
+"""Pydantic specs for the things the registries hold: tasks, templates and backbones (and task files)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from registry.errors import BenchError, first_error
+from registry.files import load_mapping_file
 
 
 class _Spec(BaseModel):
@@ -132,39 +131,9 @@ class BackboneSpec(_Spec):
     description: str = ""
 
 
-def read_text_file(path: str | Path, what: str) -> str:
-    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file raises a one-line `BenchError`.
-
-    ``what`` names the file in the message (e.g. "task file").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"{what} '{path}' does not exist")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        bad = exc.object[exc.start:exc.start + 1]
-        raise BenchError(f"{what} '{path}' is not UTF-8 text (byte {bad!r} at offset {exc.start}); save it as UTF-8") \
-            from None
-    except OSError as exc:
-        raise BenchError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
-
-
 def load_task_file(path: str | Path) -> TaskSpec:
     """Load and validate a `TaskSpec` from a YAML or TOML file (``--task-file``)."""
-    path = Path(path)
-    text = read_text_file(path, "task file")
-    try:
-        if path.suffix.lower() == ".toml":
-            raw = tomllib.loads(text)
-        elif path.suffix.lower() in {".yaml", ".yml"}:
-            raw = yaml.safe_load(text)
-        else:
-            raise BenchError(f"task file '{path}' must end in .yaml, .yml or .toml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise BenchError(f"task file '{path}' does not parse: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise BenchError(f"task file '{path}' must hold a mapping of TaskSpec fields")
+    raw = load_mapping_file(path, "task file", "TaskSpec fields")
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:

@@ -1,6 +1,10 @@
 """``bench sweep FILE --launcher slurm``: a sweep's unfinished cells as one SLURM job array.
 
-1. The cells are expanded as for any sweep (`benchmark.sweep`); those with a FINISHED run in the
+The CLI hands `SlurmRunner.sweep` a prepared sweep (`benchmark.sweeps.prepare`: cells expanded and
+checked, store open); this module uses only that object's public API (cells, store, display, parent
+run), never imports the sweeps package (which sits above the runners).
+
+1. The cells are expanded as for any sweep (`benchmark.sweeps`); those with a FINISHED run in the
    store are skipped, and so are cells whose job from an earlier submission of the same sweep is
    still pending or running (the sweep's parent run records every submission: tag
    ``slurm_job_ids`` and an artifact ``slurm/<job id>.json`` mapping array tasks to cell hashes).
@@ -23,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark import sweep as sw
 from registry import BenchError
 from runners.slurm import (
     JobState,
@@ -48,7 +51,7 @@ class Submission:
     tasks: dict[str, str]  # task id (``12_3``; ``12`` for a one-task array) -> cell hash
 
 
-def _submissions(store: sw.Store, parent_run_id: str) -> list[Submission]:
+def _submissions(store: Any, parent_run_id: str) -> list[Submission]:
     """The job arrays recorded in the parent run, oldest first."""
     run = store.client.get_run(parent_run_id)
     ids = [j for j in run.data.tags.get("slurm_job_ids", "").split(",") if j]
@@ -66,7 +69,7 @@ def _submissions(store: sw.Store, parent_run_id: str) -> list[Submission]:
     return out
 
 
-def _record_submission(store: sw.Store, parent_run_id: str, job_id: str, tasks: list[str], hashes: list[str]) -> None:
+def _record_submission(store: Any, parent_run_id: str, job_id: str, tasks: list[str], hashes: list[str]) -> None:
     run = store.client.get_run(parent_run_id)
     ids = [j for j in run.data.tags.get("slurm_job_ids", "").split(",") if j]
     payload = {"job_id": job_id, "submitted": time.time(), "tasks": tasks, "cells": hashes}
@@ -86,13 +89,7 @@ def _latest_tasks(submissions: list[Submission]) -> dict[str, tuple[str, float]]
     return latest
 
 
-def _find_parent(store: sw.Store, hash_: str) -> str:
-    found = store.client.search_runs([store.experiment_id], filter_string=f"tags.sweep_hash = '{hash_}'",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0].info.run_id if found else ""
-
-
-def status_rows(cells: list[sw.Cell], store: sw.Store, parent_run_id: str) -> list[tuple[sw.Cell, str, str]]:
+def status_rows(cells: list[Any], store: Any, parent_run_id: str) -> list[tuple[Any, str, str]]:
     """(cell, store status, SLURM state of its latest task) for every cell."""
     existing = store.runs_by_hash()
     tasks = {h: t for h, (t, _) in _latest_tasks(_submissions(store, parent_run_id)).items()} if parent_run_id else {}
@@ -108,7 +105,7 @@ def status_rows(cells: list[sw.Cell], store: sw.Store, parent_run_id: str) -> li
     return rows
 
 
-def status_table(rows: list[tuple[sw.Cell, str, str]]) -> Any:
+def status_table(rows: list[tuple[Any, str, str]]) -> Any:
     """A rich table of `status_rows`."""
     from rich.table import Table
 
@@ -121,22 +118,19 @@ def status_table(rows: list[tuple[sw.Cell, str, str]]) -> Any:
     return table
 
 
-def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, max_parallel: int | None = None,
-                status: bool = False, console: Any = None) -> sw.SweepReport:
-    """Submit ``spec``'s unfinished cells as one job array and (``wait``) follow them to the end.
+def slurm_sweep(sweep: Any, runner: SlurmRunner, *, wait: bool = True, max_parallel: int | None = None,
+                status: bool = False, console: Any = None) -> Any:
+    """Submit the unfinished cells of ``sweep`` (a prepared `benchmark.sweeps.Sweep`) as one job array and
+    (``wait``) follow them to the end; returns its report.
 
     With ``status`` nothing is submitted: the report's cells carry their current state.
     """
-    from benchmark.tracking import default_tracking_uri
     from runners.slurm_job import run_cell
 
-    cells = sw.expand_cells(spec, tracking_uri=spec.tracking_uri or default_tracking_uri())
-    store = sw.open_store(cells[0].config.tracking_uri, spec.experiment, spec.cache_dir)
-    assert store is not None
-    sweep = sw.Sweep(cells, store, spec=spec, display=sw.SweepDisplay(console))
-    report = sw.SweepReport(cells=cells, sweep_hash=sweep.hash)
+    cells, store = sweep.cells, sweep.store
     if status:
-        report.parent_run_id = _find_parent(store, sweep.hash)
+        report = sweep.report()
+        report.parent_run_id = sweep.parent.find()
         rows = status_rows(cells, store, report.parent_run_id)
         for cell, stored, _ in rows:
             cell.status = {"FINISHED": "skipped", "RUNNING": "running", "FAILED": "failed", "KILLED": "failed"}.get(
@@ -145,16 +139,12 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
             console.print(status_table(rows))
         return report
 
-    existing = store.runs_by_hash()
-    for cell in cells:
-        finished = [r for r in existing.get(cell.hash, []) if r.info.status == "FINISHED"]
-        if finished:
-            cell.status, cell.run_id, cell.metrics = "skipped", finished[0].info.run_id, dict(finished[0].data.metrics)
-    sweep._open_parent()
-    parent = report.parent_run_id = sweep.parent_run_id
+    sweep.skip_finished()
+    parent = sweep.parent.open()
+    report = sweep.report()
     latest = _latest_tasks(_submissions(store, parent))
     states = job_states([latest[c.hash][0] for c in cells if c.status != "skipped" and c.hash in latest])
-    followed: dict[str, sw.Cell] = {}  # task id -> cell
+    followed: dict[str, Any] = {}  # task id -> cell
     for cell in cells:
         if cell.status == "skipped" or cell.hash not in latest:
             continue
@@ -179,7 +169,7 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
             jobs = executor.map_array(run_cell, configs, [parent] * len(todo), [inner] * len(todo),
                                       [inner_options] * len(todo))
         except Exception as exc:
-            sweep._close_parent("FAILED")
+            sweep.parent.close("FAILED")
             raise submit_error(exc) from None
         array_id = jobs[0].job_id.split("_")[0]
         _record_submission(store, parent, array_id, [job.job_id for job in jobs], [c.hash for c in todo])
@@ -196,21 +186,20 @@ def slurm_sweep(spec: sw.SweepSpec, runner: SlurmRunner, *, wait: bool = True, m
     if not wait:
         if todo:
             print(array_id, flush=True)
-        if sweep._parent_lock is not None:
-            sweep._parent_lock.release()  # the parent stays RUNNING; `--status` or a later sweep follows it
+        sweep.parent.detach()  # the parent stays RUNNING; `--status` or a later sweep follows it
         return report
     _follow(sweep, followed, by_hash, store, runner, parent)
     return report
 
 
-def _folder(runner: SlurmRunner, cell: sw.Cell) -> Path:
+def _folder(runner: SlurmRunner, cell: Any) -> Path:
     from runners.slurm import job_folder
 
     return job_folder(runner.options, cell.config)
 
 
-def _follow(sweep: sw.Sweep, followed: dict[str, sw.Cell], by_hash: dict[str, sw.Cell], store: sw.Store,
-            runner: SlurmRunner, parent: str) -> None:
+def _follow(sweep: Any, followed: dict[str, Any], by_hash: dict[str, Any], store: Any, runner: SlurmRunner,
+            parent: str) -> None:
     """Wait for the followed tasks with the progress display; close the parent at the end."""
     from runners.slurm import wait_for_jobs
 
@@ -262,6 +251,6 @@ def _follow(sweep: sw.Sweep, followed: dict[str, sw.Cell], by_hash: dict[str, sw
         sweep.display.stop()
         if status != "RUNNING":
             ok = all(c.status in ("done", "skipped") for c in sweep.cells)
-            sweep._close_parent("FINISHED" if ok else "FAILED")
-        elif sweep._parent_lock is not None:
-            sweep._parent_lock.release()  # the jobs go on; the parent stays RUNNING until a later sweep closes it
+            sweep.parent.close("FINISHED" if ok else "FAILED")
+        else:
+            sweep.parent.detach()  # the jobs go on; the parent stays RUNNING until a later sweep closes it

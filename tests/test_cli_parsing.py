@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.cli import parse_label_words, parse_options, parse_seeds
+from benchmark.cli.parsing import parse_label_words, parse_options, parse_seeds
 from benchmark.config import RunConfig
 from registry import BenchError
 

@@ -257,7 +257,7 @@ def test_runs_log_diagnostics_and_diagnose_reproduces_them(tmp_path, tiny_bert_d
 
 
 def test_sweeps_turn_diagnostics_on_for_fine_tuning_cells(tiny_bert_dir):
-    from benchmark.sweep import expand_cells, validate_spec
+    from benchmark.sweeps import expand_cells, validate_spec
 
     spec = validate_spec({"tasks": ["mr"], "methods": ["ft-adam", "lora-sgd", "zero-shot", "ntk-sgd"], "seeds": [13],
                           "backbone": str(tiny_bert_dir)})

@@ -281,7 +281,8 @@ def test_a_run_its_owner_finished_just_before_exiting_is_not_closed_again(tmp_pa
 
 
 def test_the_sweep_closes_stale_cell_runs_but_not_one_whose_owner_is_alive(tmp_path, tiny_bert_dir) -> None:
-    from benchmark.sweep import Sweep, expand_cells, open_store, spec_from_cli
+    from benchmark.cli.sweep import spec_from_cli
+    from benchmark.sweeps import Sweep, expand_cells, open_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = write_mr_fixture(tmp_path / "data")

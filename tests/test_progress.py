@@ -39,7 +39,7 @@ def test_grid_progress_bars_name_the_values(workspace, monkeypatch, capsys) -> N
 
 
 def test_deepspeed_first_run_note_only_before_the_op_is_compiled(tmp_path, monkeypatch, capsys) -> None:
-    from benchmark.cli import _deepspeed_first_run_note
+    from benchmark.cli.runs import _deepspeed_first_run_note
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     _deepspeed_first_run_note()

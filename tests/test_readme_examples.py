@@ -54,7 +54,8 @@ def test_describe_lists_each_option_with_its_default(monkeypatch, capsys) -> Non
 
 
 def test_sweep_takes_a_task_file(tmp_path, monkeypatch, capsys, tiny_bert_dir) -> None:
-    from benchmark import sweep as sw
+    from benchmark import sweeps as sw
+    from benchmark.cli.sweep import spec_from_cli
     from tests.test_cli_e2e import invoke
 
     task_file = tmp_path / "reviews.yaml"
@@ -63,7 +64,7 @@ def test_sweep_takes_a_task_file(tmp_path, monkeypatch, capsys, tiny_bert_dir) -
     folder.mkdir(parents=True)
     (folder / "train.csv").write_text('0,"a dull , lifeless film"\n1,"warm , funny and wise"\n' * 6)
     (folder / "test.csv").write_text('1,"warm , funny and wise"\n0,"a dull , lifeless film"\n')
-    spec = sw.spec_from_cli(None, {"task_files": [task_file], "methods": "zero-shot", "k": "2", "seeds": [13],
+    spec = spec_from_cli(None, {"task_files": [task_file], "methods": "zero-shot", "k": "2", "seeds": [13],
                                    "backbones": str(tiny_bert_dir), "data_dir": tmp_path / "data"}, [], [])
     (cell,) = sw.expand_cells(spec, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert (cell.config.task, cell.config.task_file) == ("reviews", task_file)

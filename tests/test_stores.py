@@ -95,7 +95,7 @@ def test_artifacts_go_next_to_the_sqlite_store_not_into_the_current_directory(tm
 
 
 def test_a_sweep_creates_its_experiment_with_artifacts_next_to_the_store(tmp_path, monkeypatch) -> None:
-    from benchmark.sweep import open_store
+    from benchmark.sweeps import open_store
 
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()

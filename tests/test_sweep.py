@@ -19,8 +19,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from benchmark.cli.sweep import spec_from_cli
 from benchmark.resolve import resolve_run
-from benchmark.sweep import FileLock, SweepSpec, expand_cells, load_sweep_file, open_store, spec_from_cli
+from benchmark.sweeps import CellLock, SweepSpec, expand_cells, load_spec_file, open_store
 from tests.test_cli_e2e import invoke
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,8 +186,8 @@ def test_sweep_file_yaml_toml_and_cli_overrides(ws, tmp_path) -> None:
     toml_file = tmp_path / "s.toml"
     toml_file.write_text(f'tasks = ["mr"]\nk = [4]\nseeds = [13, 21]\nbackbone = "{ws["model"]}"\n'
                          f'data_dir = "{ws["data"]}"\n[methods.linear-probe.grid]\nmax_iter = [50, 100]\n')
-    assert load_sweep_file(yaml_file) and SweepSpec.model_validate(load_sweep_file(yaml_file)) == \
-        SweepSpec.model_validate(load_sweep_file(toml_file))
+    assert load_spec_file(yaml_file) and SweepSpec.model_validate(load_spec_file(yaml_file)) == \
+        SweepSpec.model_validate(load_spec_file(toml_file))
     spec = spec_from_cli(yaml_file, {"seeds": [42], "tasks": None}, ["c_grid=[1.0]"], ["linear-probe:max_iter=7,8,9"])
     cells = expand_cells(spec)
     assert [c.config.options for c in cells] == [{"c_grid": [1.0], "max_iter": m} for m in (7, 8, 9)]
@@ -319,6 +320,59 @@ def test_interrupt_marks_cell_and_sweep_killed_and_exits_130(ws, monkeypatch, ca
     assert code == 0 and "done 2, skipped (already finished) 1" in out
 
 
+def hold_lock(path: Path) -> subprocess.Popen[str]:
+    """Another process that takes the `CellLock` at ``path``, says ``held``, and drops it when told (a line on
+    its stdin) or when it dies."""
+    code = ("import sys; from benchmark.sweeps import CellLock; lock = CellLock(sys.argv[1]); "
+            "assert lock.acquire(); print('held', flush=True); sys.stdin.readline(); lock.release(); print('released')")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, text=True, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_cell_lock_excludes_another_process_until_it_releases_or_dies(tmp_path) -> None:
+    path = tmp_path / "locks" / "cell.lock"
+    path.parent.mkdir()
+    other = hold_lock(path)
+    try:
+        lock = CellLock(path)
+        assert lock.acquire(blocking=False) is False and not lock.held
+        assert lock.holder().startswith(f"pid {other.pid} on ")
+        with lock.hold(blocking=False) as taken:
+            assert taken is False
+
+        def release_soon() -> None:
+            time.sleep(0.5)
+            assert other.stdin is not None
+            other.stdin.write("go\n")
+            other.stdin.flush()
+
+        thread = threading.Thread(target=release_soon)
+        start = time.monotonic()
+        thread.start()
+        assert lock.acquire(blocking=True) is True  # waits for the other process to let go
+        thread.join()
+        assert time.monotonic() - start >= 0.5 and lock.held
+        assert lock.holder().startswith(f"pid {os.getpid()} on ")
+        assert other.wait(timeout=30) == 0 and other.stdout is not None and "released" in other.stdout.read()
+        lock.release()
+        assert not lock.held and path.exists()  # the file stays: waiters share its inode
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            other.kill()
+        other.communicate()
+    killed = hold_lock(path)  # kill -9: the kernel drops the lock with the process
+    assert CellLock(path).acquire(blocking=False) is False
+    killed.kill()
+    killed.communicate()
+    again = CellLock(path)
+    assert again.acquire(blocking=False) is True
+    assert CellLock(path).acquire(blocking=False) is False  # another owner in this same process is refused too
+    again.release()
+
+
 def test_cell_held_by_another_process_is_deferred_then_skipped(ws, monkeypatch, capsys) -> None:
     args = sweep_args(ws, methods="zero-shot", seeds=(13, 21), tasks=("mr",))
     spec = spec_from_cli(None, {"tasks": "mr", "methods": "zero-shot", "k": "4", "seeds": [13, 21],
@@ -327,22 +381,28 @@ def test_cell_held_by_another_process_is_deferred_then_skipped(ws, monkeypatch, 
     cells = expand_cells(spec, tracking_uri=ws["uri"])
     store = open_store(ws["uri"], "kernel-bench")
     assert store is not None
-    other = FileLock(store.lock_dir / f"{cells[0].hash}.lock")  # a separate open file: flock treats it as another owner
-    assert other.acquire()
-    code, out, _ = invoke([*args, "--no-wait"], monkeypatch, capsys)
-    assert code == 0 and "running elsewhere 1" in out
-    assert [r.data.tags["seed"] for r in cell_runs(ws["uri"])] == ["21"]
+    other = hold_lock(store.lock_dir / f"{cells[0].hash}.lock")  # another process runs the first cell
+    try:
+        code, out, _ = invoke([*args, "--no-wait"], monkeypatch, capsys)
+        assert code == 0 and "running elsewhere 1" in out
+        assert [r.data.tags["seed"] for r in cell_runs(ws["uri"])] == ["21"]
 
-    def finish_elsewhere() -> None:  # the other process finishes the cell, then drops its lock
-        time.sleep(1.0)
-        run = store.client.create_run(store.experiment_id, tags={"config_hash": cells[0].hash})
-        store.client.set_terminated(run.info.run_id, "FINISHED")
-        other.release()
+        def finish_elsewhere() -> None:  # the other process finishes the cell, then drops its lock
+            time.sleep(1.0)
+            run = store.client.create_run(store.experiment_id, tags={"config_hash": cells[0].hash})
+            store.client.set_terminated(run.info.run_id, "FINISHED")
+            assert other.stdin is not None
+            other.stdin.write("go\n")
+            other.stdin.flush()
 
-    thread = threading.Thread(target=finish_elsewhere)
-    thread.start()
-    code, out, _ = invoke(args, monkeypatch, capsys)
-    thread.join()
+        thread = threading.Thread(target=finish_elsewhere)
+        thread.start()
+        code, out, _ = invoke(args, monkeypatch, capsys)
+        thread.join()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            other.kill()
+        other.communicate()
     assert code == 0 and "skipped (already finished) 2" in out, out
     assert sorted(r.info.status for r in cell_runs(ws["uri"])) == ["FINISHED", "FINISHED"]
 
