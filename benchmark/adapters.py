@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from benchmark.methods.base import MethodOptions
+from benchmark.method import MethodOptions
 from registry import BenchError
 
 

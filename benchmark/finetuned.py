@@ -26,7 +26,7 @@ from registry import METHODS, BenchError, first_error, load_builtins
 if TYPE_CHECKING:
     import torch
 
-    from benchmark.methods.base import RunContext
+    from benchmark.method import RunContext
     from benchmark.pipeline import Prepared
     from benchmark.tracking import Tracker
 

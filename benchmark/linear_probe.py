@@ -17,7 +17,7 @@ from benchmark.pipeline import compute_features
 from registry import BenchError
 
 if TYPE_CHECKING:
-    from benchmark.methods.base import RunContext
+    from benchmark.method import RunContext
     from benchmark.pipeline import Prepared
 
 

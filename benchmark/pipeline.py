@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from benchmark.backbones import load_masked_lm
 from benchmark.config import NO_TEMPLATE
-from benchmark.methods.base import RunContext
+from benchmark.method import RunContext
 from benchmark.metrics import predict_labels, split_metrics
 from benchmark.models import LogitModel, build_logit_model
 from benchmark.prompts import EncodedSplit, PromptEncoder

@@ -25,7 +25,7 @@ from typing import Any
 
 from benchmark.config import NO_TEMPLATE, RunConfig
 from benchmark.identity import IDENTITY_SCHEMA, folder_digest, identity_hash
-from benchmark.methods.base import Method
+from benchmark.method import Method
 from registry import METHODS, TASKS, BackboneSpec, BenchError, TaskSpec, load_builtins, load_task_file
 
 #: TaskSpec fields that only describe a task (they change no number).

@@ -20,7 +20,7 @@ import torch
 from benchmark.config import RunConfig
 from benchmark.distribution import LOCAL, Distribution
 from benchmark.examples import Splits
-from benchmark.methods.base import MEASUREMENT, RunContext, RunResult
+from benchmark.method import MEASUREMENT, RunContext, RunResult
 from benchmark.resolve import ResolvedRun, resolve_method, resolve_run, resolve_task
 from benchmark.tracking import Tracker, tracked
 from registry import BenchError, schema

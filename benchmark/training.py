@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.distribution import LOCAL, Distribution
-from benchmark.methods.base import MEASUREMENT, MethodOptions, role
+from benchmark.method import MEASUREMENT, MethodOptions, role
 from benchmark.metrics import predict_labels, split_metrics
 from benchmark.pipeline import compute_logits, to_device
 from benchmark.prompts import EncodedSplit

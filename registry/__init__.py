@@ -23,7 +23,7 @@ def _instance_of(cls: type) -> Callable[[str, object], str | None]:
 def _method_class(_name: str, obj: object) -> str | None:
     if isinstance(obj, type) and callable(getattr(obj, "run", None)) and hasattr(obj, "Options"):
         return None
-    return f"it is a {type(obj).__name__}, not a benchmark.methods.base.Method subclass"
+    return f"it is a {type(obj).__name__}, not a benchmark.method.Method subclass"
 
 
 TASKS: Registry[TaskSpec] = Registry("task", "kernel_bench.tasks", check=_instance_of(TaskSpec))

@@ -81,7 +81,7 @@ class MethodInfo:
 
 
 def method_tags(method: Any) -> dict[str, str]:
-    """The method-metadata tags of a run of ``method`` (a `benchmark.methods.base.Method` class or instance)."""
+    """The method-metadata tags of a run of ``method`` (a `benchmark.method.Method` class or instance)."""
     return {
         METHOD_FAMILY_TAG: str(getattr(method, "family", "") or ""),
         METHOD_ANALOG_TAG: str(getattr(method, "analog_of", None) or ""),

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmark.methods.base import RunResult
+from benchmark.method import RunResult
 from benchmark.resolve import ResolvedRun
 from benchmark.run import RunOutcome, start_tracker
 from benchmark.tracking import DOCTOR_HINT, Tracker, close_run, default_tracking_uri

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from registry import BenchError
-from runners.slurm import (
+from runners.slurm_jobs import (
     JobState,
-    SlurmRunner,
     close_dead_run,
     inner_launcher,
     job_states,
@@ -118,7 +117,7 @@ def status_table(rows: list[tuple[Any, str, str]]) -> Any:
     return table
 
 
-def slurm_sweep(sweep: Any, runner: SlurmRunner, *, wait: bool = True, max_parallel: int | None = None,
+def slurm_sweep(sweep: Any, runner: Any, *, wait: bool = True, max_parallel: int | None = None,
                 status: bool = False, console: Any = None) -> Any:
     """Submit the unfinished cells of ``sweep`` (a prepared `benchmark.sweeps.Sweep`) as one job array and
     (``wait``) follow them to the end; returns its report.
@@ -192,16 +191,16 @@ def slurm_sweep(sweep: Any, runner: SlurmRunner, *, wait: bool = True, max_paral
     return report
 
 
-def _folder(runner: SlurmRunner, cell: Any) -> Path:
-    from runners.slurm import job_folder
+def _folder(runner: Any, cell: Any) -> Path:
+    from runners.slurm_jobs import job_folder
 
     return job_folder(runner.options, cell.config)
 
 
-def _follow(sweep: Any, followed: dict[str, Any], by_hash: dict[str, Any], store: Any, runner: SlurmRunner,
+def _follow(sweep: Any, followed: dict[str, Any], by_hash: dict[str, Any], store: Any, runner: Any,
             parent: str) -> None:
     """Wait for the followed tasks with the progress display; close the parent at the end."""
-    from runners.slurm import wait_for_jobs
+    from runners.slurm_jobs import wait_for_jobs
 
     started = {task: time.perf_counter() for task in followed}
     since_ms = int(time.time() * 1000) - 24 * 3600 * 1000

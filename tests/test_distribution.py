@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmark.config import RunConfig
 from benchmark.distribution import LOCAL, Distribution, torch_stepper
-from benchmark.methods.base import RunContext
+from benchmark.method import RunContext
 from benchmark.resolve import ResolvedRun, resolve_run
 from registry import METHODS, BenchError, load_builtins
 from runners import deepspeed as ds_runner

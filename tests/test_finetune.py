@@ -488,7 +488,7 @@ def test_saved_lora_model_loads_back_for_diagnostics(run_config, tmp_path):
     """`rebuild_finetuned` gives the saved theta_FT (same predictions) and the run's own theta_0."""
     from benchmark.data import load_splits
     from benchmark.finetuned import rebuild_finetuned
-    from benchmark.methods.base import RunContext
+    from benchmark.method import RunContext
     from benchmark.resolve import resolve_run
     from benchmark.tracking import NullTracker
 

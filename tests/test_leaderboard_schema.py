@@ -183,7 +183,7 @@ def _selections(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 PLUGIN = '''
-from benchmark.methods.base import Method
+from benchmark.method import Method
 from leaderboard.tables import Table
 from leaderboard.views import View
 

@@ -9,7 +9,7 @@ import torch
 
 from benchmark.config import RunConfig
 from benchmark.examples import Example, Splits
-from benchmark.methods.base import RunContext
+from benchmark.method import RunContext
 from benchmark.pipeline import prepare
 from benchmark.prompts import PromptEncoder, resolve_prompt
 from benchmark.resolve import ResolvedRun, canonical_backbone, resolve_method

@@ -12,7 +12,7 @@ from tests.plugin_site import install_plugin
 
 PLUGIN = '''
 from registry import TaskSpec, LocalSource
-from benchmark.methods.base import Method, RunResult
+from benchmark.method import Method, RunResult
 from benchmark.metrics import split_metrics
 import torch
 
@@ -76,7 +76,7 @@ def test_plugin_task_and_method_via_entry_points(tmp_path: Path) -> None:
 
 BAD_PLUGIN = '''
 from registry import BackboneSpec, TaskSpec, TemplateSpec
-from benchmark.methods.baselines import ZeroShot
+from benchmark.methodlines import ZeroShot
 
 
 class FakeAdam(ZeroShot):

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from benchmark.linear_probe import fit_linear_probe
-from benchmark.methods.base import Method, MethodOptions, RunContext, RunResult
+from benchmark.method import Method, MethodOptions, RunContext, RunResult
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import compute_features, evaluate_splits, prepare
 from registry import BenchError, register_method

@@ -28,7 +28,7 @@ from benchmark.adapters import LORA_FIELDS, LoraOptions, lora_adapter
 from benchmark.diagnostics import Diagnostics, compute_diagnostics, log_diagnostics, split_batches
 from benchmark.grids import product, refuse_old_grid
 from benchmark.linear_probe import init_head_from_probe
-from benchmark.methods.base import MEASUREMENT, Method, RunContext, RunResult, role
+from benchmark.method import MEASUREMENT, Method, RunContext, RunResult, role
 from benchmark.models import LogitModel, PromptLogitModel
 from benchmark.pipeline import Prepared, prepare, use_binary
 from benchmark.training import (

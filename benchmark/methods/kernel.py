@@ -38,7 +38,7 @@ from benchmark.kernels.ntk import initial_logits
 from benchmark.kernels.params import params_predicate, params_tag
 from benchmark.kernels.solvers import missing_outputs_message
 from benchmark.linear_probe import init_head_from_probe
-from benchmark.methods.base import MEASUREMENT, SOLVER, Method, MethodOptions, RunContext, RunResult, role
+from benchmark.method import MEASUREMENT, SOLVER, Method, MethodOptions, RunContext, RunResult, role
 from benchmark.metrics import split_metrics
 from benchmark.pipeline import Prepared, prepare, to_device, use_binary
 from registry import BenchError, register_method
