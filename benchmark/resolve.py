@@ -143,11 +143,9 @@ def check_prompt(run: ResolvedRun) -> None:
     """Build the run's prompt encoder once: bad label words (not one token, not distinct) raise here."""
     from benchmark.prompts import PromptEncoder
 
-    PromptEncoder(
-        load_tokenizer(run.backbone), template=run.template, label_words=run.label_words,
-        max_seq_len=run.task.max_seq_len, first_sent_limit=run.task.first_sent_limit,
-        other_sent_limit=run.task.other_sent_limit, num_sentences=run.task.num_sentences,
-    )
+    template = run.template if run.template is not None else NO_TEMPLATE  # None here means standard inputs
+    words = run.label_words or None  # standard inputs keep no label words
+    PromptEncoder.for_task(load_tokenizer(run.backbone), run.task, template=template, label_words=words)
 
 
 def resolve_run(config: RunConfig, *, check_tokenizer: bool = True) -> ResolvedRun:

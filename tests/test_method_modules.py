@@ -45,11 +45,11 @@ def test_diagnostics_imports_no_method_run_or_mlflow_code() -> None:
 @pytest.mark.parametrize(("module", "never"), [
     ("benchmark/methods/kernel.py", "benchmark.methods.finetune"),
     ("benchmark/methods/finetune.py", "benchmark.methods.kernel"),
-    ("benchmark/methods/finetune.py", "benchmark.methodlines"),
-    ("benchmark/methods/kernel.py", "benchmark.methodlines"),
+    ("benchmark/methods/finetune.py", "benchmark.methods.baselines"),
+    ("benchmark/methods/kernel.py", "benchmark.methods.baselines"),
     ("benchmark/methods/baselines.py", "benchmark.methods.finetune"),
     ("benchmark/adapters.py", "benchmark.methods.finetune"),
-    ("benchmark/linear_probe.py", "benchmark.methodlines"),
+    ("benchmark/linear_probe.py", "benchmark.methods.baselines"),
 ])
 def test_methods_import_shared_modules_never_each_other(module: str, never: str) -> None:
     assert never not in imported_modules(ROOT / module)

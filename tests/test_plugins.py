@@ -76,7 +76,7 @@ def test_plugin_task_and_method_via_entry_points(tmp_path: Path) -> None:
 
 BAD_PLUGIN = '''
 from registry import BackboneSpec, TaskSpec, TemplateSpec
-from benchmark.methodlines import ZeroShot
+from benchmark.methods.baselines import ZeroShot
 
 
 class FakeAdam(ZeroShot):

@@ -105,7 +105,7 @@ def test_entry_point_cannot_shadow_a_builtin(tmp_path: Path, monkeypatch: pytest
     (dist / "entry_points.txt").write_text("[kernel_bench_test.clash]\nbuiltin = json:dumps\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     reg: Registry[str] = Registry("thing", "kernel_bench_test.clash")
-    reg.add("builtin", "benchmark.methodlines:ZeroShot")
+    reg.add("builtin", "benchmark.methods.baselines:ZeroShot")
     assert reg.names() == ["builtin"]  # the rest of the registry keeps working
     with pytest.raises(BenchError, match=r"thing 'builtin' is registered twice: by plugin ep-clash 0\.1 \(entry "
                                          r"point builtin = json:dumps\) and the built-in one"):

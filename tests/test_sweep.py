@@ -34,7 +34,7 @@ SEEDS = (13, 21, 42)
 
 def pause_probe_class() -> type:
     """``pause-probe``: the linear probe after ``pause`` seconds (so that a test can kill it mid-run)."""
-    from benchmark.methodlines import LinearProbe, LinearProbeOptions
+    from benchmark.methods.baselines import LinearProbe, LinearProbeOptions
 
     class PauseOptions(LinearProbeOptions):
         pause: float = 0.0

@@ -37,7 +37,7 @@ def ws(tmp_path: Path, tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFac
 def policy_probe(monkeypatch: pytest.MonkeyPatch) -> str:
     """``policy-probe``: the linear probe with a ``diagnostics`` option it is *not* asked to turn on in sweeps,
     and ``sweep_defaults`` that set another option."""
-    from benchmark.methodlines import LinearProbe, LinearProbeOptions
+    from benchmark.methods.baselines import LinearProbe, LinearProbeOptions
     from registry import METHODS, load_builtins
 
     class PolicyOptions(LinearProbeOptions):

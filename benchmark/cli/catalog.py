@@ -139,7 +139,7 @@ def data_cmd(
 ) -> None:
     """Show split sizes and a few encoded examples (filled template, mask position, label word ids)."""
     from benchmark.backbones import resolve_backbone
-    from benchmark.prompts import PromptEncoder, resolve_prompt
+    from benchmark.prompts import PromptEncoder
 
     if not task and task_file is None:
         raise BenchError("give --task NAME or --task-file FILE")
@@ -152,21 +152,11 @@ def data_cmd(
         counts = [str(sum(e.label == i for e in examples)) for i in range(spec.num_labels)]
         sizes.add_row(name, str(len(examples)), *counts)
     console.print(sizes)
-    from transformers import AutoTokenizer
+    from benchmark.resolve import load_tokenizer
 
-    from benchmark.hub import hub_reachable
-
-    bspec = resolve_backbone(backbone)
-    local_only = not Path(bspec.path).exists() and not hub_reachable()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(bspec.path, local_files_only=local_only)
-    except OSError as exc:
-        raise BenchError(
-            f"cannot load the tokenizer of '{backbone}' (Hub unreachable or not cached); pass --backbone DIR"
-        ) from exc
-    tmpl, words = resolve_prompt(spec, template, parse_label_words(label_words))
-    encoder = PromptEncoder(tokenizer, template=tmpl, label_words=words, max_seq_len=spec.max_seq_len,
-                            first_sent_limit=spec.first_sent_limit, other_sent_limit=spec.other_sent_limit)
+    tokenizer = load_tokenizer(resolve_backbone(backbone))
+    encoder = PromptEncoder.for_task(tokenizer, spec, template=template, label_words=parse_label_words(label_words))
+    tmpl, words = encoder.template, encoder.label_words
     console.print(f"template: {tmpl if tmpl is not None else 'none ([CLS] head)'}")
     if encoder.prompt_based:
         triples = zip(spec.labels, words, encoder.label_word_ids, strict=True)

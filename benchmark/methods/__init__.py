@@ -7,8 +7,8 @@ from registry import METHODS
 # name -> ("module:Class", aliases). A method module is imported only when the method is used;
 # its own `@register_method` then fills the placeholder.
 BUILTIN_METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "zero-shot": ("benchmark.methodlines:ZeroShot", ()),
-    "linear-probe": ("benchmark.methodlines:LinearProbe", ()),
+    "zero-shot": ("benchmark.methods.baselines:ZeroShot", ()),
+    "linear-probe": ("benchmark.methods.baselines:LinearProbe", ()),
     "ft-adam": ("benchmark.methods.finetune:FtAdam", ("ft",)),
     "ft-sgd": ("benchmark.methods.finetune:FtSgd", ()),
     "lora-adam": ("benchmark.methods.finetune:LoraAdam", ("lora",)),
