@@ -26,7 +26,6 @@ from runners.base import (
     CellRunner,
     Runner,
     make_runner,
-    parse_launch_opts,
     runner_options,
     sweep_runner,
 )
@@ -70,4 +69,4 @@ def launch(run: RunConfig | ResolvedRun, options: LaunchOptions | None = None,
 
 
 __all__ = ["RUNNERS", "SHORTHAND_FLAGS", "CellRunner", "LaunchOptions", "RunOutcome", "Runner", "launch",
-           "make_runner", "parse_launch_opts", "runner_options", "sweep_runner"]
+           "make_runner", "runner_options", "sweep_runner"]

@@ -19,7 +19,6 @@ A plugin adds a runner with an entry point::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -48,21 +47,6 @@ RUNNERS: Registry[Any] = Registry("launcher", "kernel_bench.runners")
 RUNNERS.add("local", "runners.local:LocalRunner")
 RUNNERS.add("deepspeed", "runners.deepspeed:DeepSpeedRunner")
 RUNNERS.add("slurm", "runners.slurm:SlurmRunner")
-
-
-def parse_launch_opts(items: list[str]) -> dict[str, Any]:
-    """``--launch-opt key=value`` items as a dict (values as JSON when they parse, else strings)."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"--launch-opt expects key=value, got '{item}'")
-        try:
-            parsed: Any = json.loads(value.strip())
-        except json.JSONDecodeError:
-            parsed = value.strip()
-        options[key.strip().replace("-", "_")] = parsed
-    return options
 
 
 #: ``bench run`` / ``bench sweep`` flags that are shorthands for runner options (the DeepSpeed runner's).

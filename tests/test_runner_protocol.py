@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from benchmark.cli.parsing import parse_launch_opts
 from benchmark.config import RunConfig
 from registry import BenchError
-from runners import RUNNERS, Runner, make_runner, parse_launch_opts
+from runners import RUNNERS, Runner, make_runner
 from runners.deepspeed import DeepSpeedOptions, DeepSpeedRunner
 from runners.local import LocalRunner
 from tests.plugin_site import install_plugin

@@ -17,16 +17,27 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``key=value`` items (of ``flag``) as a dict: dashes in keys become underscores, values `parse_value`d."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"{flag} expects key=value, got '{item}'")
+        parsed[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return parsed
+
+
+def parse_launch_opts(items: list[str]) -> dict[str, Any]:
+    """``--launch-opt key=value`` items as a dict, validated later by the launcher's own options."""
+    return parse_key_values(items, "--launch-opt")
+
+
 def parse_options(
     opts: list[str], train_grid: list[str] = [], solver_grid: list[str] = []  # noqa: B006
 ) -> dict[str, Any]:
     """``--opt key=value``, ``--train-grid key=v1,v2`` and ``--solver-grid key=v1,v2`` as a method-options dict."""
-    options: dict[str, Any] = {}
-    for item in opts:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"--opt expects key=value, got '{item}'")
-        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    options = parse_key_values(opts, "--opt")
     for name, items in (("train_grid", train_grid), ("solver_grid", solver_grid)):
         if items:
             options[name] = parse_grid(items, GRID_FLAGS[name])

@@ -161,7 +161,8 @@ def _deepspeed_first_run_note() -> None:
 def _runner(launcher: str, launch_opt: list[str], num_gpus: int | None, num_nodes: int | None,
             hostfile: Path | None, deepspeed_config: Path | None) -> Any:
     """The runner for ``--launcher``; its options (``--launch-opt``, the shorthand flags) are validated by it."""
-    from runners import make_runner, parse_launch_opts
+    from benchmark.cli.parsing import parse_launch_opts
+    from runners import make_runner
 
     shorthands = {"num_gpus": num_gpus, "num_nodes": num_nodes, "hostfile": hostfile,
                   "deepspeed_config": deepspeed_config}
