@@ -42,6 +42,15 @@ def roberta_tok(tmp_path_factory: pytest.TempPathFactory):
     return tiny.roberta_tokenizer(tmp_path_factory.mktemp("roberta_tok"))
 
 
+@pytest.fixture(scope="module")
+def bert(bert_tok) -> dict:
+    """A tiny float64 BERT masked LM, three label-word ids and its special token ids (the kernel tests' model)."""
+    mlm = tiny.bert_mlm(bert_tok, seed=2).double()
+    words = bert_tok.convert_tokens_to_ids(["great", "terrible", "okay"])
+    ids = dict(vocab=len(bert_tok), pad=bert_tok.pad_token_id, mask=bert_tok.mask_token_id, cls=bert_tok.cls_token_id)
+    return {"mlm": mlm, "words": words, "ids": ids}
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tok) -> Path:
     """A saved tiny random BERT masked LM + tokenizer, loadable with from_pretrained."""

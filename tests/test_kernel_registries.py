@@ -28,7 +28,6 @@ from benchmark.metrics import accuracy, predict_labels
 from benchmark.models import PromptLogitModel
 from registry import TASKS, BenchError
 from registry.formulas import FORMULAS, Formula, KernelOutput, get_formula
-from tests import tiny
 from tests.plugin_site import install_plugin
 from tests.test_cli_e2e import invoke, write_mr_fixture
 from tests.test_kernels import _data, assert_close, assert_sign_close, explicit_gradients, explicit_kernels
@@ -97,14 +96,6 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.setattr(reg, "_plugins_loaded", False)
     monkeypatch.delitem(sys.modules, module, raising=False)
     return module
-
-
-@pytest.fixture(scope="module")
-def bert(bert_tok) -> dict:
-    mlm = tiny.bert_mlm(bert_tok, seed=2).double()
-    words = bert_tok.convert_tokens_to_ids(["great", "terrible", "okay"])
-    ids = dict(vocab=len(bert_tok), pad=bert_tok.pad_token_id, mask=bert_tok.mask_token_id, cls=bert_tok.cls_token_id)
-    return {"mlm": mlm, "words": words, "ids": ids}
 
 
 # ---------------------------------------------------------------- formulas

@@ -129,14 +129,6 @@ def roberta(roberta_tok) -> dict:
     return {"mlm": mlm, "words": words, "ids": ids}
 
 
-@pytest.fixture(scope="module")
-def bert(bert_tok) -> dict:
-    mlm = tiny.bert_mlm(bert_tok, seed=2).double()
-    words = bert_tok.convert_tokens_to_ids(["great", "terrible", "okay"])
-    ids = dict(vocab=len(bert_tok), pad=bert_tok.pad_token_id, mask=bert_tok.mask_token_id, cls=bert_tok.cls_token_id)
-    return {"mlm": mlm, "words": words, "ids": ids}
-
-
 def _data(spec: dict, seed: int = 0) -> tuple[list[dict], list[dict]]:
     i = spec["ids"]
     a = make_batches(i["vocab"], i["pad"], i["mask"], [3, 2], 10, seed, i["cls"])

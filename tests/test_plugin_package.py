@@ -11,16 +11,15 @@ from mlflow.tracking import MlflowClient
 
 from tests.plugin_site import install_plugin
 from tests.test_cli_e2e import write_mr_fixture
+from tests.test_kernel_registries import PLUGIN as KERNEL_PLUGIN  # its formula (eval side signed) and solver
 
-PLUGIN = '''
+PLUGIN = KERNEL_PLUGIN + '''
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmark.kernels.solvers import KernelSolver, flatten
 from leaderboard.tables import Table
 from leaderboard.views import View
-from registry.formulas import Formula, KernelOutput
 from runners.local import run_local
 
 
@@ -45,33 +44,6 @@ class TagRunner:
         return outcome
 
 
-# the training side raw, the eval side signed: <g(x_train), sign g(x)>
-EVAL_SIGN = Formula(name="evalsign", outputs=(KernelOutput(name="kernel", sign_a=False, sign_b=True),),
-                    default_solver="nearest-mean")
-
-
-class NearestMean(KernelSolver):
-    """Score of a class = mean kernel value against its training pairs, minus the other classes' mean."""
-
-    name = "nearest-mean"
-    supports_f0 = False
-
-    @classmethod
-    def default_grid(cls, *, with_f0=False):
-        return [{"regularization": 0.0}]
-
-    def fit(self, train, labels):
-        targets = self._check_fit(train, labels).reshape(-1)
-        self.pos = (targets > 0).double() / (targets > 0).double().sum()
-        self.neg = (targets <= 0).double() / (targets <= 0).double().sum()
-        return self
-
-    def decision(self, split):
-        self._check_predict(split)
-        k = flatten(split.kernel).t()
-        return (k @ self.pos - k @ self.neg).reshape(split.n, self.num_outputs)
-
-
 def _seeds(section):
     rows = [[r["method"], r["task"], r["seeds"]] for _, r in section.rows.iterrows()]
     return Table(title=f"Seeds per cell ({section.title})", columns=["method", "task", "seeds"], rows=rows)
@@ -88,7 +60,7 @@ tagged = {m}:TagRunner
 evalsign = {m}:EVAL_SIGN
 
 [kernel_bench.solvers]
-nearest-mean = {m}:NearestMean
+centroid = {m}:Centroid
 
 [kernel_bench.views]
 seeds-per-cell = {m}:VIEW
@@ -112,7 +84,7 @@ def test_one_plugin_package_adds_a_launcher_formula_solver_and_view(tmp_path: Pa
     assert logged.info.status == "FINISHED"
     assert logged.data.tags["launched_by"] == "from-plugin"  # the plugin launcher ran it
     assert logged.data.params["result.formula"] == "evalsign"  # the plugin formula
-    assert logged.data.params["result.solver"] == "nearest-mean"  # the formula's default solver, from the plugin
+    assert logged.data.params["result.solver"] == "centroid"  # the formula's default solver, from the plugin
     assert 0.0 <= logged.data.metrics["test_acc"] <= 1.0
 
     board = subprocess.run([*bench, "leaderboard", "--tracking-uri", uri, "--view", "tasks", "--view",

@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 import inspect
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from benchmark.kernels import empirical_ntks, select_parameters
+from benchmark.kernels.batches import differentiable
 from benchmark.perf.timing import synchronize
 
 
@@ -36,25 +36,6 @@ class Floor:
         return self.forward + self.reverse + self.gemm
 
 
-@contextmanager
-def gradients_on(model: torch.nn.Module, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Eval mode with gradients on ``tensors`` only; the model's flags are restored afterwards."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        for t in tensors:
-            t.requires_grad_(True)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 def _model_inputs(model: torch.nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     accepted = set(inspect.signature(model.forward).parameters)
     return {k: v.to(device) for k, v in batch.items() if k in accepted}
@@ -67,7 +48,7 @@ def one_pass_floor(
     tensors = [s.tensor for s in select_parameters(model, params)]
     device = tensors[0].device
     forward = reverse = 0.0
-    with gradients_on(model, tensors):
+    with differentiable(model, tensors):
         for batch in batches:
             inputs = _model_inputs(model, batch, device)
             t = time.process_time()
