@@ -30,6 +30,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module (creating one costs seconds); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 @pytest.fixture(scope="session")
 def bert_tok(tmp_path_factory: pytest.TempPathFactory):
     """Tiny uncased WordPiece tokenizer."""

@@ -28,12 +28,6 @@ from tests.test_finetune import experiment_runs, write_mr
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store for the module; tests use their own experiments."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 @pytest.fixture()
 def make_config(tmp_path: Path, tiny_bert_dir: Path, mlflow_uri: str):
     """A RunConfig factory on synthetic MR data and the tiny BERT, logging to this test's experiment."""

@@ -403,12 +403,6 @@ def write_mr(root: Path, n_train: int = 40, n_test: int = 20) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module (creating one costs seconds); tests use their own experiments."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 def experiment_runs(config: RunConfig) -> list:
     """All runs of ``config``'s experiment."""
     client = MlflowClient(config.tracking_uri)

@@ -27,12 +27,6 @@ from tests import tiny
 from tests.test_finetune import NEGATIVE, POSITIVE, TEMPLATE, experiment_runs, write_mr
 
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store for the module (creating one costs seconds); tests use their own experiments."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 @pytest.fixture()
 def make_config(tmp_path: Path, tiny_bert_dir: Path, mlflow_uri: str):
     """A RunConfig factory on synthetic MR data and the tiny BERT, logging to this test's experiment."""
