@@ -22,14 +22,12 @@ from benchmark.method import RunResult
 from benchmark.resolve import ResolvedRun
 from benchmark.run import RunOutcome
 from registry import BenchError
-from runners.slurm_jobs import (  # noqa: F401  (JobState, SlurmOptions, _expand, inner_launcher: this runner's API)
+from runners.slurm_jobs import (
     JobState,
     SlurmOptions,
-    _expand,
     close_dead_run,
     inner_launcher,
     job_folder,
-    job_states,
     make_executor,
     submit_error,
     wait_for_jobs,

@@ -10,7 +10,8 @@ import pytest
 from benchmark.server import server_command
 from registry import BenchError
 from runners import make_runner
-from runners.slurm import JobState, SlurmOptions, SlurmRunner, _expand, inner_launcher, make_executor
+from runners.slurm import SlurmRunner
+from runners.slurm_jobs import JobState, SlurmOptions, _expand, inner_launcher, make_executor
 
 
 def test_slurm_options_are_validated_with_a_clear_message():
