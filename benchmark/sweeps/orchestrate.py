@@ -77,25 +77,17 @@ class SweepObserver:
         """The sweep ended (or was interrupted)."""
 
 
+def cell_runner(runner: Any = None) -> CellRunner:
+    """How cells run with the `runners.Runner` ``runner`` (None: ``local``, in this process): through
+    `runners.sweep_runner`, each cell launched by the runner as a nested run of the parent."""
+    from runners import make_runner, sweep_runner
+
+    return sweep_runner(runner if runner is not None else make_runner("local"))
+
+
 def local_runner(run: ResolvedRun | Any, parent_run_id: str) -> tuple[str, dict[str, float]]:
     """Run a cell in this process as a nested run of the sweep's parent (FAILED / KILLED on errors)."""
-    from benchmark.run import execute, start_tracker
-    from benchmark.tracking import tracked
-
-    tracker = start_tracker(run, parent_run_id=parent_run_id)
-    with tracked(tracker):
-        outcome = execute(run, tracker=tracker, finish=False)
-    return tracker.run_id, dict(outcome.result.metrics)
-
-
-def cell_runner(runner: Any = None) -> CellRunner:
-    """How cells run with the `runners.Runner` ``runner``: in this process for ``local`` (or None), else through
-    `runners.sweep_runner` (each cell launched by the runner as a nested run of the parent)."""
-    if runner is None:
-        return local_runner
-    from runners import sweep_runner
-
-    return sweep_runner(runner) or local_runner
+    return cell_runner()(run, parent_run_id)
 
 
 class Sweep:
