@@ -310,6 +310,8 @@ def test_chunks_groups_segments_and_split_batches_give_the_same_kernels(roberta,
         {"group_slots": 5, "chunk": 3},
         {"segment_cols": 1000, "max_batch": 3, "chunk": 4},
         {"gather_rows": 9, "max_batch": 2},
+        {"factors": 1},  # weight matrices stored as layer inputs and output gradients
+        {"factors": 1, "segment_cols": 1000, "unit_rows": 12, "max_batch": 2, "chunk": 3},
     ):
         other = run(**overrides)
         for name in targets:

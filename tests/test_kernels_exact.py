@@ -67,6 +67,12 @@ def test_float32_kernel_within_1e6_of_float64_for_every_plan(models, n_a, n_b) -
         {"group_slots": 3},  # one pass per group of three tensors
         {"chunk": 1, "max_batch": 1},  # one pass per training example
         {"chunk": 2, "group_slots": 5, "gather_rows": 4},
+        # the training side's weight matrices kept as layer inputs and output gradients
+        {"factors": 1},
+        {"factors": 1, "segment_cols": 2**16, "max_batch": 1},
+        {"factors": 1, "chunk": 2, "no_gather": 1},
+        {"factors": 1, "group_slots": 4, "gather_rows": 4},
+        {"factors": 1, "segment_cols": 2**16, "unit_rows": 12, "max_batch": 2},  # streamed batches held in units
     ]
     passes = set()
     for overrides in plans:
@@ -76,6 +82,7 @@ def test_float32_kernel_within_1e6_of_float64_for_every_plan(models, n_a, n_b) -
         )
         got = engine.run(a, targets)
         passes.add(stats["passes"])
+        assert (stats["factored"] > 0) == ("factors" in overrides), overrides
         for name in targets:
             err = _relative(got[name][SGD], exact[name]["sgd"])
             assert err <= 1e-6, f"{overrides} {name}: relative error {err:.2e}"
@@ -94,6 +101,35 @@ def test_asym_float32_within_1e6_of_float64_with_exact_signs(models) -> None:
     exact = empirical_ntks(m64, a, {"ab": b}, formulas=["asym"], progress=False)["ab"]["asym"]
     got = empirical_ntks(m32, a, {"ab": b}, formulas=["asym"], progress=False)["ab"]["asym"]
     assert _relative(got.kernel, exact.kernel) <= 1e-6
+
+
+def test_factored_training_side_gives_the_kernels_of_stored_gradients(models) -> None:
+    """Weight gradients formed again from layer inputs and output gradients: every formula, both targets.
+
+    In float64 the factored and the raw stored side agree to round-off; in float32 with the float64
+    twin the training side's signs are those of float64 gradients either way (``signgd`` compared
+    with its round-off bound, as its signs of near-zero streamed entries may flip).
+    """
+    m32, m64 = models
+    a, b = _sides(5, 6, seed=3)
+    targets = {"ab": b, "aa": None}
+    combos = [SGD, (True, True), (True, False), (False, True)]
+    for model in (m64, m32):
+        stats: dict = {}
+        raw = FastKernelEngine(model, select_parameters(model), combos, memory_budget=2**30,
+                               overrides={"factors": 0}).run(a, targets)
+        factored = FastKernelEngine(model, select_parameters(model), combos, memory_budget=2**30,
+                                    overrides={"factors": 1, "segment_cols": 2**16}, stats=stats).run(a, targets)
+        assert stats["factored"] == 7 and "layer inputs + output gradients" in stats["representation"]
+        tolerance = 1e-12 if model is m64 else 1e-6
+        for name in targets:
+            for combo in (SGD, (True, False), (False, True)):
+                assert _relative(factored[name][combo], raw[name][combo]) <= tolerance, (name, combo)
+    everything = lambda name: True  # noqa: E731
+    ga, gb = explicit_gradients(m64, a, everything), explicit_gradients(m64, b, everything)
+    got = FastKernelEngine(m64, select_parameters(m64), [(True, True)], memory_budget=2**30,
+                           overrides={"factors": 1}).run(a, {"ab": b})["ab"][(True, True)]
+    assert_sign_close(got, torch.einsum("ncp,mdp->ncmd", ga.sign(), gb.sign()), ga, gb)
 
 
 def test_blocked_products_match_float64_and_keep_sign_sums_exact() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -130,3 +131,58 @@ def test_float64_model_copy_and_store_scratch_are_counted() -> None:
     widest_group = min(max(len(g) for g in scratch.groups) * 1_000_000, MAX_SEGMENT)
     assert scratch.max_batch == max(1, min(plain.max_batch, int(scratch.work_budget // (8 * widest_group))))
     assert scratch.max_batch * 8 * widest_group <= scratch.work_budget or scratch.max_batch == 1
+
+
+def _roberta_base_tensors(layers: int = 12, hidden: int = 768, inner: int = 3072) -> tuple[TensorSize, ...]:
+    """The dense tensors of a roberta-base-shaped encoder, in model order (weights as per-token factors)."""
+    def linear(out: int, inp: int) -> list[TensorSize]:
+        return [TensorSize(out * inp, factor_shape=(out, inp)), TensorSize(out)]
+
+    norm = [TensorSize(hidden), TensorSize(hidden)]
+    tensors: list[TensorSize] = []
+    for _ in range(layers):
+        for _ in range(4):  # query, key, value, attention output
+            tensors += linear(hidden, hidden)
+        tensors += norm + linear(inner, hidden) + linear(hidden, inner) + norm
+    return tuple(tensors)
+
+
+def _factor_bytes(request: Request, tensor: TensorSize) -> int:
+    m, n = tensor.factor_shape  # type: ignore[misc]
+    return tensor.calls * request.longest * (n + request.num_outputs * m) * 4
+
+
+def test_factored_training_side_when_raw_gradients_need_several_passes() -> None:
+    """16 x 32 ``sgd`` on the roberta-base shape under 4 GiB: six passes as raw gradients, one as factors."""
+    tensors = _roberta_base_tensors()
+    request = _request(budget=4 * 2**30, n_a=16, targets=(32, None), tensors=tensors, longest=64)
+    raw = plan(_request(budget=4 * 2**30, n_a=16, targets=(32, None), longest=64,
+                        tensors=tuple(TensorSize(t.numel) for t in tensors)))
+    chosen = plan(request)
+    assert raw.passes > 2 and not raw.factored
+    assert chosen.passes == 1 and len(chosen.groups) == 1
+    weights = tuple(i for i, t in enumerate(tensors) if t.factor_shape is not None)
+    assert chosen.factored == weights
+    assert "72 weight matrices as layer inputs + output gradients" in chosen.representation
+    stored = sum(16 * (_factor_bytes(request, tensors[i]) if i in weights else 2 * 4 * tensors[i].numel)
+                 for i in range(len(tensors)))
+    assert stored <= chosen.store_budget
+    # the stored columns formed again for one segment fit beside the streamed ones in half the workspace
+    streamed = 2 * min(chosen.max_batch, 8)
+    assert chosen.segment_cols * (streamed + 2 * 16) * 4 <= chosen.work_budget / 2
+
+
+def test_factors_only_when_they_save_passes_and_overrides_decide() -> None:
+    tensors = _roberta_base_tensors(layers=1, hidden=64, inner=256)
+    fits = _request(budget=1024 * MiB, n_a=4, tensors=tensors, longest=32)
+    assert plan(fits).passes == 1 and not plan(fits).factored  # raw gradients fit: nothing to form again
+    forced = plan(_request(budget=1024 * MiB, n_a=4, tensors=tensors, longest=32, overrides={"factors": 1}))
+    assert forced.factored and forced.passes == 1
+    # a token-long factor bigger than the gradient (long sequences, few outputs) is never chosen
+    long = plan(_request(budget=1024 * MiB, n_a=4, tensors=tensors, longest=4096, overrides={"factors": 1}))
+    assert not long.factored
+    tight = _request(budget=4 * 2**30, n_a=16, targets=(32,), tensors=_roberta_base_tensors(), longest=64)
+    assert plan(dataclasses.replace(tight, overrides={"factors": 0})).factored == ()
+    # the float64 model copy's factors take twice the bytes
+    twice = plan(dataclasses.replace(tight, factor_itemsize=8))
+    assert twice.factored and twice.passes >= plan(tight).passes

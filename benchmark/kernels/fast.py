@@ -143,7 +143,14 @@ class FastKernelEngine(PassOps):
     def _plan(self, a: Examples, targets: Mapping[str, Examples | None], captured: int) -> tuple[list[Group], int, int]:
         """Ask the planner (`planner.plan`) and lay the groups and their column segments out."""
         request = Request(
-            tensors=tuple(TensorSize(s.numel, s.sparse, s.width if s.sparse else 1, s.fallback) for s in self.slots),
+            tensors=tuple(
+                TensorSize(
+                    s.numel, s.sparse, s.width if s.sparse else 1, s.fallback,
+                    factor_shape=tuple(s.tensor.shape) if s.factorable else None,  # type: ignore[arg-type]
+                    calls=s.calls,
+                )
+                for s in self.slots
+            ),
             n_a=a.total,
             targets=tuple(t.total if t is not None else None for t in targets.values()),
             batch_sizes=tuple(a.sizes + [n for t in targets.values() if t is not None for n in t.sizes]),
@@ -156,6 +163,7 @@ class FastKernelEngine(PassOps):
             overrides=self.overrides,
             reserved=self._twin_bytes() if self._wants_twin() else 0,
             scratch_itemsize=(8 if self._wants_twin() else self.itemsize) if self._stores_signs(targets) else 0,
+            factor_itemsize=8 if self._wants_twin() else self.itemsize,
         )
         chosen = plan(request)
         if chosen.note:
@@ -165,7 +173,8 @@ class FastKernelEngine(PassOps):
         groups = []
         for indices in chosen.groups:
             part = [self.slots[i] for i in indices]
-            groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse]))
+            factored = frozenset(self.slots[i].index for i in indices if i in chosen.factored)
+            groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse], factored=factored))
         for group in groups:
             offset = 0
             segment = Segment(0, 0, [])
@@ -180,6 +189,7 @@ class FastKernelEngine(PassOps):
             if segment.slots:
                 group.segments.append(segment)
             group.cols = offset
+            group.lay_out_stored()
         self.stats.update(
             groups=len(groups),
             chunk=chosen.chunk,
@@ -188,22 +198,27 @@ class FastKernelEngine(PassOps):
             passes=chosen.passes,
             dense_cols=sum(g.cols for g in groups),
             representation=chosen.representation,
+            factored=len(chosen.factored),
+            unit_rows=chosen.unit_rows,
             budget=self.budget,
             fallback_params=[s.name for s in self.slots if s.fallback],
         )
         return groups, chosen.chunk, chosen.max_batch
 
-    def _pending(self, group: Group, max_batch: int) -> Pending | None:
+    def _pending(self, group: Group, max_batch: int, stored_rows: int) -> Pending | None:
         """A buffer gathering several streamed batches before one product (one-segment groups only).
 
         Products with more columns run closer to the machine's peak; the buffer is sized from the
-        workspace share of the budget (at most 256 rows, so that processes still share the work).
+        workspace share of the budget (at most 256 rows, so that processes still share the work),
+        less the stored columns formed again from factors (``stored_rows`` rows per variant).
         """
         if len(group.segments) != 1 or self.overrides.get("no_gather"):
             return None
         cols = group.segments[0].stop - group.segments[0].start
         factor = 2 if any(y for _, y in self.combos) else 1
-        rows = min(256, int(self.work_budget // max(1, factor * cols * self.itemsize)))
+        variants = len({x for x, _ in self.combos} | {y for _, y in self.combos})
+        formed = variants * stored_rows * cols * self.itemsize if group.factored else 0
+        rows = min(256, int((self.work_budget - formed) // max(1, factor * cols * self.itemsize)))
         rows = self.overrides.get("gather_rows", rows)
         if rows < 2 * self.num_outputs * max_batch:
             return None
@@ -316,17 +331,25 @@ class FastKernelEngine(PassOps):
     ) -> None:
         """Stream every (assigned) batch of one ``b`` side against the stored chunk."""
         C = self.num_outputs
-        pending = self._pending(group, max_batch)
-        for key, unit in enumerate(_units(stream, max_batch, C, pending)):
+        pending = self._pending(group, max_batch, C * stored.size)
+        assert self.plan is not None
+        wide = pending is None and len(group.segments) > 1 and self.plan.unit_rows >= 2 * C * max_batch
+        capacity = pending.capacity if pending is not None else self.plan.unit_rows if wide else None
+        for key, unit in enumerate(_units(stream, max_batch, C, capacity)):
             if not self._mine(key):
                 self._advance(sum(batch_size(piece) for _, piece in unit))
+                continue
+            if wide:
+                for first, size, block_of in self._stream_unit(group, stored, unit, self.combos, max_pairs):
+                    for combo in self.combos:
+                        place(out[combo], block_of(combo), stored.start, stored.size, first, size, C)
                 continue
             for first, piece in unit:
                 blocks = self._stream(group, stored, piece, self.combos, max_pairs, pending, first)
                 for combo, block in blocks.items():
                     place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
             if pending is not None:
-                self._flush(pending, stored, out, stored.start)
+                self._flush(group, pending, stored, out, stored.start)
 
     def _self_blocks(
         self,
@@ -360,8 +383,8 @@ class FastKernelEngine(PassOps):
                     place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
 
 
-def _units(stream: Examples, max_batch: int, C: int, pending: Pending | None) -> list[list[tuple[int, dict[str, Any]]]]:
-    """Work units of a streamed side: consecutive sub-batches, as many as fill one product.
+def _units(stream: Examples, max_batch: int, C: int, capacity: int | None) -> list[list[tuple[int, dict[str, Any]]]]:
+    """Work units of a streamed side: consecutive sub-batches, as many as fill ``capacity`` rows (one product).
 
     Units depend only on the batches and the plan, never on the number of processes, so each
     product has the same shape (and rounding) whichever rank computes it.
@@ -371,7 +394,7 @@ def _units(stream: Examples, max_batch: int, C: int, pending: Pending | None) ->
     for first, batch in stream.pieces(0, stream.total, 10**12):
         for s0, piece in _split(first, batch, max_batch):
             need = C * batch_size(piece)
-            if pending is None or not units or rows + need > pending.capacity:
+            if capacity is None or not units or rows + need > capacity:
                 units.append([])
                 rows = 0
             units[-1].append((s0, piece))

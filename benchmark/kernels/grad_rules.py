@@ -29,6 +29,8 @@ LINEAR, EMBEDDING, LAYER_NORM = "linear", "embedding", "layer_norm"
 
 #: (example index, table row id, row gradient ``[n, width]``) of a row-sparse use.
 Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+#: (left ``[B, T, m]``, right ``[B, T, n]``): per-token factors of a ``[m, n]`` per-example gradient.
+Factors = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,11 @@ class GradRule:
     gradient of parameter ``role`` (``"weight"``, ``"bias"``) into ``target`` ``[B, numel]``;
     ``sparse(module, role, call, grad_out, batch)`` gives row-sparse entries, for the roles
     ``row_sparse(module, role, shape)`` allows (large tables touched in a few rows per example);
-    ``accepts(module)`` turns configurations the rule does not cover away (they fall back).
+    ``accepts(module)`` turns configurations the rule does not cover away (they fall back);
+    ``factors(module, role, call, grad_out, batch)``, for the roles in ``factor_roles``, gives the
+    gradient as a product of two per-token factors, ``(left [B, T, m], right [B, T, n])`` with
+    ``dW_b = left_b^T @ right_b`` (``[m, n]``, the parameter's shape): the engine can keep these
+    (a layer's inputs and output gradients) instead of the ``m * n`` entries per example.
     """
 
     kind: str
@@ -48,6 +54,8 @@ class GradRule:
     sparse: Callable[[nn.Module, str, Call, torch.Tensor, int], Entries] | None = None
     row_sparse: Callable[[nn.Module, str, tuple[int, ...]], bool] = lambda _m, _r, _s: False
     accepts: Callable[[nn.Module], bool] = lambda _m: True
+    factors: Callable[[nn.Module, str, Call, torch.Tensor, int], Factors] | None = None
+    factor_roles: frozenset[str] = frozenset()
 
 
 #: Module class -> its rule.
@@ -62,6 +70,8 @@ def register_grad_rule(
     sparse: Callable[[nn.Module, str, Call, torch.Tensor, int], Entries] | None = None,
     row_sparse: Callable[[nn.Module, str, tuple[int, ...]], bool] | None = None,
     accepts: Callable[[nn.Module], bool] | None = None,
+    factors: Callable[[nn.Module, str, Call, torch.Tensor, int], Factors] | None = None,
+    factor_roles: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorator registering ``dense`` (see `GradRule`) as the rule of ``module_type``; a type has one rule."""
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
@@ -75,6 +85,7 @@ def register_grad_rule(
             kind, frozenset(roles), dense, sparse,
             row_sparse if row_sparse is not None else (lambda _m, _r, _s: False),
             accepts if accepts is not None else (lambda _m: True),
+            factors, frozenset(factor_roles) if factors is not None else frozenset(),
         )
         return dense
 
@@ -142,6 +153,13 @@ def _normalized(call: Call, module: nn.LayerNorm) -> torch.Tensor:
         call.cache["xhat"] = F.layer_norm(call.input, module.normalized_shape, None, None, module.eps)
     return call.cache["xhat"]
 
+def factors_of(use: Use, call: Call, grad_out: torch.Tensor, batch: int) -> Factors:
+    """(left ``[B, T, m]``, right ``[B, T, n]``) of one call: ``dW_b = left_b^T @ right_b``."""
+    if use.rule.factors is None or use.role not in use.rule.factor_roles:
+        raise BenchError(f"the per-example gradient rule {use.rule.kind} has no factored form for '{use.role}'")
+    return use.rule.factors(use.module, use.role, call, grad_out, batch)
+
+
 def write_dense(use: Use, call: Call, grad_out: torch.Tensor, target: torch.Tensor, first: bool) -> None:
     """Write (``first``) or add this call's per-example gradient into ``target`` ``[B, numel]``."""
     use.rule.dense(use.module, use.role, call, grad_out, target, first)
@@ -173,9 +191,16 @@ def _linear_sparse(module: nn.Module, role: str, call: Call, grad_out: torch.Ten
     return rows, ids, values.reshape(batch * k, -1)
 
 
+def _linear_factors(module: nn.Module, _role: str, call: Call, grad_out: torch.Tensor, batch: int) -> Factors:
+    """``dW_b = go_b^T a_b``: the output gradients and the inputs, token by token."""
+    go = grad_out.reshape(batch, -1, module.out_features)  # type: ignore[union-attr]
+    return go, call.input.reshape(batch, -1, module.in_features)  # type: ignore[union-attr]
+
+
 @register_grad_rule(
     nn.Linear, kind=LINEAR, sparse=_linear_sparse,
     row_sparse=lambda module, _role, shape: module.out_features == shape[0],  # type: ignore[union-attr]
+    factors=_linear_factors, factor_roles=("weight",),
 )
 def _linear(
     module: nn.Module, role: str, call: Call, grad_out: torch.Tensor, target: torch.Tensor, first: bool

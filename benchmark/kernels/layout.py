@@ -1,5 +1,6 @@
 """What the fast strategy's passes work on: tensor groups and their column segments, the stored
-side of a pass, the float64 twin of the model, the buffer gathering streamed rows, and where a
+side of a pass (per-example gradients, and the factors of the tensors stored as layer inputs and
+output gradients), the float64 twin of the model, the buffer gathering streamed rows, and where a
 block goes in the kernel."""
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ class Group:
     sparse: list[Slot]
     cols: int = 0
     segments: list[Segment] = field(default_factory=list)
+    factored: frozenset[int] = frozenset()  # slot indices stored as layer inputs and output gradients
+    stored_offsets: dict[int, int] = field(default_factory=dict)  # slot index -> column of the stored gradients
+    stored_cols: int = 0  # columns of the stored per-example gradients (the dense slots not factored)
+
+    def lay_out_stored(self) -> None:
+        """Columns of the stored per-example gradients: every dense slot not stored as factors, in order."""
+        self.stored_offsets, at = {}, 0
+        for slot in self.dense:
+            if slot.index not in self.factored:
+                self.stored_offsets[slot.index] = at
+                at += slot.numel
+        self.stored_cols = at
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -43,14 +56,33 @@ class Group:
 
 
 @dataclass
+class FactorBatch:
+    """A factored tensor's factors for one batch of stored examples (rows ``first:first + size`` of the chunk).
+
+    ``terms`` has one entry per recorded call of the tensor's modules: the output gradients, one
+    ``[size, T, m]`` per logit, and the inputs ``[size, T, n]``; example ``b``'s gradient for logit
+    ``c`` is the sum over the calls of ``left_c[b]^T @ right[b]``. No terms: the gradients are zero.
+    """
+
+    first: int
+    size: int
+    terms: list[tuple[list[torch.Tensor], torch.Tensor]]
+
+
+@dataclass
 class Stored:
-    """The stored side of a pass: examples ``start:stop`` of ``a``, rows ordered ``c * A + a``."""
+    """The stored side of a pass: examples ``start:stop`` of ``a``, rows ordered ``c * A + a``.
+
+    ``dense``/``dense_sign`` hold the columns of the group's stored layout (`Group.stored_offsets`);
+    ``factors`` the factored slots' `FactorBatch` list.
+    """
 
     start: int
     stop: int
     dense: torch.Tensor | None  # raw gradients, when a formula uses them on this side
     dense_sign: torch.Tensor | None  # int8 signs, when a formula takes signs on this side
     sparse: dict[int, SparseRows]
+    factors: dict[int, list[FactorBatch]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -100,7 +132,9 @@ class Twin:
 
         mapped_groups = {}
         for group in groups:
-            copy_group = Group([mapped(s) for s in group.dense], [mapped(s) for s in group.sparse], group.cols)
+            copy_group = Group([mapped(s) for s in group.dense], [mapped(s) for s in group.sparse], group.cols,
+                               factored=group.factored)
+            copy_group.lay_out_stored()
             copy_group.segments = [Segment(g.start, g.stop, [mapped(s) for s in g.slots]) for g in group.segments]
             mapped_groups[id(group)] = copy_group
         return Twin(twin, mapped_groups)

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 
 from benchmark.kernels.batches import Examples
-from benchmark.kernels.layout import Group, Pending, Stored, Twin, place
+from benchmark.kernels.layout import FactorBatch, Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.per_example import (
     Slot,
     SparseRows,
     batch_size,
+    factors_of,
     fallback_gradients,
     record,
     sparse_entries,
@@ -157,10 +158,10 @@ class PassOps:
         twin = self.twin
         model, work_group = (twin.model, twin.groups[id(group)]) if twin is not None else (self.model, group)
         assert self.plan is not None
-        dense = torch.zeros(C * A, group.cols, dtype=self.dtype, device=self.device) if self.plan.store_raw else None
-        dense_sign = (
-            torch.zeros(C * A, group.cols, dtype=torch.int8, device=self.device) if self.plan.store_sign else None
-        )
+        cols = group.stored_cols
+        dense = torch.zeros(C * A, cols, dtype=self.dtype, device=self.device) if self.plan.store_raw else None
+        dense_sign = torch.zeros(C * A, cols, dtype=torch.int8, device=self.device) if self.plan.store_sign else None
+        factors: dict[int, list[FactorBatch]] = {index: [] for index in group.factored}
         direct = twin is None and dense_sign is None  # gradients written straight into the stored rows
         parts: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {s.index: [] for s in group.sparse}
         fb_offsets = self._fb_offsets(group)
@@ -169,7 +170,10 @@ class PassOps:
             rec, grads, fallback = self._backward(work_group, batch, model)
             t = now()
             local = first - start
-            for c in range(C):
+            if group.factored:
+                self._store_factored(work_group, rec, grads, fallback, fb_offsets, dense, dense_sign, factors,
+                                     local, size, A)
+            for c in range(C if not group.factored else 0):
                 at = slice(c * A + local, c * A + local + size)
                 if direct:
                     self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
@@ -206,7 +210,98 @@ class PassOps:
                 entries = SparseRows(entries.ids, entries.rows, entries.values.to(self.dtype))
             sparse[slot.index] = entries
         self._tick("per_example", t)
-        return Stored(start, stop, dense, dense_sign, sparse)
+        return Stored(start, stop, dense, dense_sign, sparse, factors)
+
+    def _store_factored(
+        self,
+        group: Group,
+        rec: Any,
+        grads: list[dict[int, torch.Tensor]],
+        fallback: torch.Tensor | None,
+        fb_offsets: dict[int, int],
+        dense: torch.Tensor | None,
+        dense_sign: torch.Tensor | None,
+        factors: dict[int, list[FactorBatch]],
+        local: int,
+        size: int,
+        A: int,
+    ) -> None:
+        """One stored batch of a group with factored slots: their factors, and the other slots' gradients.
+
+        The factors are the recorded layer inputs and the output gradients themselves (no copy);
+        inputs shared by several layers (a query, key and value projection) are kept once.
+        """
+        C = self.num_outputs
+        for slot in group.dense:
+            if slot.index in group.factored:
+                terms = []
+                for use in slot.uses:
+                    for call in rec.calls.get(id(use.module), []):
+                        per_logit = [g.get(id(call.output)) for g in grads]
+                        if all(go is None for go in per_logit):
+                            continue
+                        some = next(go for go in per_logit if go is not None)
+                        lefts = [factors_of(use, call, go if go is not None else torch.zeros_like(some), size)[0]
+                                 for go in per_logit]
+                        right = factors_of(use, call, some, size)[1]
+                        terms.append((lefts, right))
+                factors[slot.index].append(FactorBatch(local, size, terms))
+                continue
+            offset = group.stored_offsets[slot.index]
+            columns = slice(offset, offset + slot.numel)
+            for c in range(C):
+                at = slice(c * A + local, c * A + local + size)
+                exact = self._scratch("store", size, slot.numel, self.twin.model_dtype if self.twin else self.dtype)
+                self._fill_dense([slot], rec, grads[c], fallback, fb_offsets, exact, slot.offset, c)
+                if dense is not None:
+                    dense[at, columns].copy_(exact)
+                if dense_sign is not None:
+                    dense_sign[at, columns].copy_(exact.sign_())
+
+    def _stored_columns(
+        self, group: Group, stored: Stored, segment: Segment, variants: set[bool]
+    ) -> dict[bool, torch.Tensor]:
+        """The stored side's columns of ``segment`` (``[C * A, columns]``), raw and/or signed, per variant.
+
+        Without factored slots these are views of the stored buffers. Otherwise a factored slot's
+        columns are formed again from its factors (``left_c^T @ right`` per example, summed over the
+        calls; in float64 with the float64 twin, so that the signs are those of the float64
+        gradients) and the others are copied, into work buffers kept across batches.
+        """
+        if not group.factored:
+            return {v: stored.variant(v)[:, segment.start : segment.stop] for v in variants}
+        t = now()
+        rows, cols, A = self.num_outputs * stored.size, segment.stop - segment.start, stored.size
+        out = {v: self._scratch(f"formed_{v}", rows, cols, self.dtype) for v in variants}
+        exact_dtype = self.twin.model_dtype if self.twin is not None else self.dtype
+        for slot in segment.slots:
+            lo = slot.offset - segment.start
+            columns = slice(lo, lo + slot.numel)
+            if slot.index not in group.factored:
+                offset = group.stored_offsets[slot.index]
+                for v, target in out.items():
+                    target[:, columns].copy_(stored.variant(v)[:, offset : offset + slot.numel])
+                continue
+            m, n = slot.tensor.shape
+            for piece in stored.factors[slot.index]:
+                for c in range(self.num_outputs):
+                    at = slice(c * A + piece.first, c * A + piece.first + piece.size)
+                    if False in out and exact_dtype == self.dtype:
+                        exact = out[False][at, columns]  # formed in place
+                    else:
+                        exact = self._scratch("formed_exact", piece.size, slot.numel, exact_dtype)
+                    view = exact.view(piece.size, m, n)
+                    if not piece.terms:
+                        view.zero_()
+                    for k, (lefts, right) in enumerate(piece.terms):
+                        view.baddbmm_(lefts[c].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
+                    for v, target in out.items():
+                        if v:
+                            target[at, columns].copy_(torch.sign(exact))
+                        elif target[at, columns].data_ptr() != exact.data_ptr():
+                            target[at, columns].copy_(exact)  # rounds a float64 twin's gradients
+        self._tick("formed", t)
+        return out
 
     # ------------------------------------------------------------------ stream
     def _stream(
@@ -242,7 +337,9 @@ class PassOps:
             pending.pieces.append((first, size, pending.used))
             pending.used += C * size
             self._tick("per_example", t)
+        variants = {x for x, _ in combos}
         for segment in group.segments if pending is None else []:
+            stored_cols = self._stored_columns(group, stored, segment, variants)
             t = now()
             cols = segment.stop - segment.start
             work = self._scratch("stream", C * size, cols, self.dtype)
@@ -262,9 +359,8 @@ class PassOps:
             )
             t = self._tick("per_example", t)
             for x, y in combos:
-                left = stored.variant(x)[:, segment.start : segment.stop]
                 right = work_sign if y else work
-                accumulate(blocks[(x, y)], left, right)  # type: ignore[arg-type]
+                accumulate(blocks[(x, y)], stored_cols[x], right)  # type: ignore[arg-type]
             self._tick("contract", t)
             del work, work_sign
         for slot in group.sparse:
@@ -279,10 +375,67 @@ class PassOps:
         self._advance(size)
         return blocks
 
-    def _flush(self, pending: Pending, stored: Stored, out: dict[Combo, torch.Tensor], a0: int) -> None:
+    def _stream_unit(
+        self, group: Group, stored: Stored, unit: list[tuple[int, dict[str, Any]]], combos: list[Combo], max_pairs: int
+    ) -> list[tuple[int, int, Any]]:
+        """Blocks of ``stored`` against several streamed batches at once, segment by segment.
+
+        Every batch's recorded inputs, outputs and output gradients are held, so that each
+        segment's stored columns are formed (`_stored_columns`) once for the whole unit and each
+        product is as wide as the unit. Returns ``(first, size, block_of)`` per batch, with
+        ``block_of(combo)`` its ``[C * A, C * size]`` float64 block.
+        """
+        C = self.num_outputs
+        held = []
+        offset = 0
+        for first, batch in unit:
+            size = batch_size(batch)
+            rec, grads, fallback = self._backward(group, batch)
+            held.append((first, size, offset, rec, grads, fallback))
+            offset += C * size
+        wide = {combo: torch.zeros(C * stored.size, offset, dtype=torch.float64, device=self.device)
+                for combo in combos}
+        fb_offsets = self._fb_offsets(group)
+        need_sign = any(y for _, y in combos)
+        variants = {x for x, _ in combos}
+        for segment in group.segments:
+            stored_cols = self._stored_columns(group, stored, segment, variants)
+            t = now()
+            cols = segment.stop - segment.start
+            work = self._scratch("stream", offset, cols, self.dtype)
+            for _, size, at, rec, grads, fallback in held:
+                for c in range(C):
+                    rows = work[at + c * size : at + (c + 1) * size]
+                    self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, rows, segment.start, c)
+            work_sign = (
+                torch.sign(work, out=self._scratch("stream_sign", offset, cols, self.dtype)) if need_sign else None
+            )
+            t = self._tick("per_example", t)
+            for x, y in combos:
+                accumulate(wide[(x, y)], stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]
+            self._tick("contract", t)
+        for _, size, at, rec, grads, _ in held:
+            for slot in group.sparse:
+                t = now()
+                items = self._sparse_rows(slot, rec, grads, size, lambda c, r, size=size: r + c * size)
+                if items:
+                    rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
+                    stream = SparseRows.build(rows, ids, values, C * size)
+                    t = self._tick("per_example", t)
+                    views = {combo: block[:, at : at + C * size] for combo, block in wide.items()}
+                    sparse_join(stored.sparse[slot.index], stream, views, max_pairs)
+                    self._tick("contract", t)
+            self._advance(size)
+        return [(first, size, lambda combo, at=at, size=size: wide[combo][:, at : at + C * size])
+                for first, size, at, *_ in held]
+
+    def _flush(
+        self, group: Group, pending: Pending, stored: Stored, out: dict[Combo, torch.Tensor], a0: int
+    ) -> None:
         """Multiply the pending streamed rows with the stored side and place the blocks."""
         if not pending.used:
             return
+        stored_cols = self._stored_columns(group, stored, group.segments[0], {x for x, _ in self.combos})
         t = now()
         C = self.num_outputs
         work = pending.work[: pending.used]
@@ -293,8 +446,7 @@ class PassOps:
         )
         t = self._tick("per_example", t)
         for x, y in self.combos:
-            left = stored.variant(x)[:, :cols]
-            block = product(left, work_sign if y else work)  # type: ignore[arg-type]
+            block = product(stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]
             for first, size, offset in pending.pieces:
                 place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []
@@ -303,13 +455,16 @@ class PassOps:
     def _diagonal(self, group: Group, stored: Stored, combos: list[Combo], max_pairs: int) -> dict[Combo, torch.Tensor]:
         t = now()
         n = self.num_outputs * stored.size
-        blocks = {}
-        for x, y in combos:
-            block = torch.zeros(n, n, dtype=torch.float64, device=self.device)
-            if group.cols:
-                left, right = stored.variant(x), stored.variant(y)
-                block.add_(gram(left, right, symmetric=x == y))
-            blocks[(x, y)] = block
+        blocks = {combo: torch.zeros(n, n, dtype=torch.float64, device=self.device) for combo in combos}
+        variants = {x for x, _ in combos} | {y for _, y in combos}
+        # without factored slots the stored buffers are used whole; else segment by segment, formed again
+        spans = group.segments if group.factored else [Segment(0, group.cols, group.dense)] if group.cols else []
+        for segment in spans:
+            t = self._tick("contract", t)
+            stored_cols = self._stored_columns(group, stored, segment, variants)  # timed as "formed"
+            t = now()
+            for x, y in combos:
+                blocks[(x, y)].add_(gram(stored_cols[x], stored_cols[y], symmetric=x == y))
         for slot in group.sparse:
             rows = stored.sparse[slot.index]
             sparse_join(rows, rows, blocks, max_pairs)

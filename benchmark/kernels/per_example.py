@@ -43,6 +43,7 @@ from benchmark.kernels.grad_rules import (
     GradRule,
     Use,
     embedding_entries,
+    factors_of,
     grad_rule,
     module_kind,
     register_grad_rule,
@@ -56,7 +57,7 @@ from registry import BenchError
 
 #: Re-exported: the rules live in `benchmark.kernels.grad_rules`.
 __all__ = ["EMBEDDING", "GRAD_RULES", "LAYER_NORM", "LINEAR", "Call", "Entries", "GradRule", "Use",
-           "embedding_entries", "grad_rule", "module_kind", "register_grad_rule", "require_grad_rule",
+           "embedding_entries", "factors_of", "grad_rule", "module_kind", "register_grad_rule", "require_grad_rule",
            "sparse_entries", "supported_types", "write_dense"]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Slot:
     sparse: bool = False
     fallback: bool = False
     offset: int = 0  # first column in its group's dense layout (dense slots)
+    calls: int = 1  # recorded calls of its modules per forward pass (set by `probe`)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -99,6 +101,16 @@ class Slot:
     def name(self) -> str:
         """Reported name."""
         return self.selected.name
+
+    @property
+    def factorable(self) -> bool:
+        """Whether every use's rule gives this (2-D, dense) tensor's gradient as per-token factors."""
+        return (
+            not self.sparse
+            and not self.fallback
+            and self.selected.tensor.dim() == 2
+            and all(u.rule.factors is not None and u.role in u.rule.factor_roles for u in self.uses)
+        )
 
 
 def plan_slots(selection: list[SelectedTensor]) -> list[Slot]:
@@ -346,6 +358,8 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
         raise BenchError(f"the logit model must return logits [B, C], got {shape}")
     num_outputs = int(logits.shape[1])
     captured = rec.captured_bytes() // max(1, size)
+    for slot in slots:
+        slot.calls = max(1, sum(len(rec.calls.get(id(use.module), [])) for use in slot.uses))
     failed: list[Slot] = [
         slot
         for slot in slots

@@ -13,6 +13,15 @@ model, and changes none of its inputs; the engine carries the plan out. It decid
   training examples (each chunk re-streams the ``b`` side) or groups of tensors (one pass per
   group, all training examples stored per group; each pass's reverse stops at the group's lowest
   layer and assembles only the group's gradients);
+* the **factored** tensors: a weight matrix whose rule gives its gradient as per-token factors
+  (``nn.Linear``: ``dW = go^T a``) can be stored as its layer's inputs and output gradients,
+  ``T * (n + C * m)`` numbers per example instead of ``C * m * n``; when the raw per-example
+  gradients need more than one pass, the plan stores every tensor for which that is smaller as
+  factors, and keeps that choice if it needs fewer passes. The stored columns of a factored
+  tensor are formed again from the factors, one segment at a time, where they are multiplied;
+  so that this happens rarely and the products are wide, the streamed batches are then taken in
+  units (``unit_rows``: their recorded inputs, outputs and output gradients held together, out of
+  half the activations' share and what the stored side leaves of its own);
 * the largest batch and the column segment width of the streamed side.
 """
 
@@ -28,6 +37,8 @@ MIN_SEGMENT = 2**16
 #: Widest column segment (bounded so one segment's workspace stays a modest allocation).
 MAX_SEGMENT = 2**24
 MIN_WORK_BYTES = 64 * 2**20
+#: Most streamed examples held together (their recorded inputs, outputs and output gradients).
+MAX_UNIT_EXAMPLES = 128
 SIGN_BYTES = 1  # int8 signs
 #: Relative costs of forward : reverse : assembly per example (measured on BERT/RoBERTa shapes).
 COST_FORWARD, COST_REVERSE, COST_ASSEMBLY = 1.0, 2.0, 3.0
@@ -41,6 +52,8 @@ class TensorSize:
     sparse: bool = False
     width: int = 1  # entries per row of a row-sparse tensor
     fallback: bool = False  # computed by the per-example autograd loop
+    factor_shape: tuple[int, int] | None = None  # (m, n) of a tensor whose gradient comes as per-token factors
+    calls: int = 1  # recorded calls per example (each adds its tokens to the factors)
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class Request:
     overrides: Mapping[str, int] = field(default_factory=dict)
     reserved: int = 0  # bytes held outside the plan's shares (the float64 copy of the model for exact signs)
     scratch_itemsize: int = 0  # bytes per entry of the buffer a stored batch passes through (0: written in place)
+    factor_itemsize: int = 0  # bytes per entry of stored factors (0: ``itemsize``; 8 with the float64 model copy)
 
 
 @dataclass(frozen=True)
@@ -78,12 +92,17 @@ class Plan:
     passes: int
     kernel_bytes: int
     note: str = ""
+    factored: tuple[int, ...] = ()  # tensors stored as layer inputs and output gradients
+    unit_rows: int = 0  # streamed rows (example-logits) multiplied together in a group of several segments
 
     @property
     def representation(self) -> str:
         """How the stored side is kept, in words."""
         kinds = (["float gradients"] if self.store_raw else []) + (["int8 signs"] if self.store_sign else [])
-        return "per-example " + " + ".join(kinds)
+        words = "per-example " + " + ".join(kinds)
+        if self.factored:
+            words += f"; {len(self.factored)} weight matrices as layer inputs + output gradients"
+        return words
 
 
 def stored_needs(combos: tuple[Combo, ...], symmetric: bool) -> tuple[bool, bool]:
@@ -113,27 +132,55 @@ def plan(request: Request) -> Plan:
             f"working with {MIN_WORK_BYTES / 2**20:.0f} MiB"
         )
         avail = MIN_WORK_BYTES
+    dense = _layout(r, avail, (), kernel_bytes, note)
+    force = r.overrides.get("factors")
+    candidates = tuple(i for i, t in enumerate(r.tensors) if _factor_bytes(r, t) < _dense_bytes(r, t))
+    if force == 0 or not candidates or (force is None and dense.passes == 1):
+        return dense
+    factored = _layout(r, avail, candidates, kernel_bytes, note)
+    return factored if force == 1 or factored.passes < dense.passes else dense
+
+
+def _dense_bytes(r: Request, t: TensorSize) -> float:
+    """Bytes one training example adds to the stored side for ``t`` as per-example gradients."""
+    store_raw, store_sign = stored_needs(r.combos, any(x is None for x in r.targets))
+    C = r.num_outputs
+    if t.sparse:
+        return C * (int(store_raw) + int(store_sign)) * (r.longest + C + 2) * (t.width * r.itemsize + 16) * 2
+    return C * entry_bytes(store_raw, store_sign, r.itemsize) * t.numel
+
+
+def _factor_bytes(r: Request, t: TensorSize) -> float:
+    """Bytes one training example adds for ``t`` as layer inputs and output gradients (inf: not factorable)."""
+    if t.factor_shape is None or t.sparse or t.fallback:
+        return math.inf
+    m, n = t.factor_shape
+    return t.calls * r.longest * (n + r.num_outputs * m) * (r.factor_itemsize or r.itemsize)
+
+
+def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: int, note: str) -> Plan:
+    """Groups, chunk, batch and segment width with the tensors ``factored`` stored as factors."""
+    C = r.num_outputs
     store_budget, work_budget, act_budget = 0.45 * avail, 0.20 * avail, 0.35 * avail
     store_raw, store_sign = stored_needs(r.combos, any(t is None for t in r.targets))
-    per_entry = entry_bytes(store_raw, store_sign, r.itemsize)
-    sparse_factor = int(store_raw) + int(store_sign)
-
-    def row_bytes(t: TensorSize) -> float:
-        """Bytes one training example adds to the stored side for this tensor."""
-        if t.sparse:
-            return C * sparse_factor * (r.longest + C + 2) * (t.width * r.itemsize + 16) * 2
-        return C * per_entry * t.numel
-
+    as_factors = set(factored)
+    # bytes one training example adds to the stored side, per tensor
+    sizes = [_factor_bytes(r, t) if i in as_factors else _dense_bytes(r, t) for i, t in enumerate(r.tensors)]
     if "group_slots" in r.overrides:
         size = r.overrides["group_slots"]
         groups = [tuple(range(k, min(len(r.tensors), k + size))) for k in range(0, len(r.tensors), size)]
     else:
-        groups = _groups(r.tensors, row_bytes, r.n_a, store_budget)
-    largest = max(sum(row_bytes(r.tensors[i]) for i in g) for g in groups)
+        groups = _groups(sizes, r.n_a, store_budget)
+    largest = max(sum(sizes[i] for i in g) for g in groups)
     chunk = max(1, min(r.n_a, int(store_budget // max(largest, 1.0))))
+    chunk = r.overrides.get("chunk", chunk)
 
     # the streamed side holds raw gradients and, when a formula takes its signs, their float signs
     stream_factor = 2 if any(y for _, y in r.combos) else 1
+    hold_budget = 0.0
+    if factored:  # streamed batches are held in units (inputs, outputs, output gradients), beside one batch's graph
+        hold_budget = max(0.0, store_budget - chunk * largest) + act_budget / 2
+        act_budget = act_budget / 2
     max_batch = max(1, int(act_budget // (max(1, r.captured) * (3 + C))))
     widest = max((t.numel for t in r.tensors if not t.sparse and not t.fallback), default=0)
     if widest:
@@ -143,11 +190,19 @@ def plan(request: Request) -> Plan:
         widest_segment = max(min(widest_group, MAX_SEGMENT), widest)
         max_batch = max(1, min(max_batch, int(work_budget // max(1, r.scratch_itemsize * widest_segment))))
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
-    seg_cols = int(work_budget // (stream_factor * C * max(1, target_batch) * r.itemsize))
-    seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, seg_cols))
-    chunk = r.overrides.get("chunk", chunk)
+    unit_rows = 0
+    if factored:  # rows of streamed examples whose gradients are formed against one forming of the stored side
+        held = max(1, r.captured) * (2 + C) / 2
+        unit_rows = C * max(target_batch, min(MAX_UNIT_EXAMPLES, int(hold_budget // held)))
+    per_col = stream_factor * max(C * max(1, target_batch), unit_rows) * r.itemsize
+    share = work_budget
+    if factored:  # the stored columns of a segment are formed again beside the streamed ones
+        per_col += (int(store_raw) + int(store_sign)) * C * min(chunk, r.n_a) * r.itemsize
+        share = work_budget / 2  # the other half: the float64 scratch of a factored piece
+    seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, int(share // per_col)))
     max_batch = r.overrides.get("max_batch", max_batch)
     seg_cols = r.overrides.get("segment_cols", seg_cols)
+    unit_rows = r.overrides.get("unit_rows", unit_rows)
     return Plan(
         groups=tuple(groups),
         chunk=chunk,
@@ -161,10 +216,12 @@ def plan(request: Request) -> Plan:
         passes=len(groups) * math.ceil(r.n_a / chunk),
         kernel_bytes=kernel_bytes,
         note=note,
+        factored=tuple(sorted(as_factors)),
+        unit_rows=unit_rows,
     )
 
 
-def _groups(tensors: tuple[TensorSize, ...], row_bytes, n_a: int, store_budget: float) -> list[tuple[int, ...]]:  # type: ignore[no-untyped-def]
+def _groups(sizes: list[float], n_a: int, store_budget: float) -> list[tuple[int, ...]]:
     """One group if all training examples fit; else the cheaper of example chunks or tensor groups.
 
     Example chunks: ``ceil(N_a / chunk)`` passes, each a forward, a full reverse and the assembly of
@@ -172,19 +229,19 @@ def _groups(tensors: tuple[TensorSize, ...], row_bytes, n_a: int, store_budget: 
     stored per group): one pass per group, each a forward and a reverse pass, and the assembly of
     each gradient once in all.
     """
-    everything = tuple(range(len(tensors)))
-    per_example = sum(row_bytes(t) for t in tensors)
+    everything = tuple(range(len(sizes)))
+    per_example = sum(sizes)
     if per_example * n_a <= store_budget:
         return [everything]
     chunk = int(store_budget // max(per_example, 1.0))
     example_passes = math.ceil(n_a / chunk) if chunk >= 1 else math.inf
-    biggest = max(row_bytes(t) for t in tensors)
+    biggest = max(sizes)
     rows = n_a if biggest * n_a <= store_budget else max(1, int(store_budget // max(biggest, 1.0)))
     groups: list[tuple[int, ...]] = []
     current: list[int] = []
     used = 0.0
-    for i, t in enumerate(tensors):
-        cost = row_bytes(t) * rows
+    for i, size in enumerate(sizes):
+        cost = size * rows
         if current and used + cost > store_budget:
             groups.append(tuple(current))
             current, used = [], 0.0

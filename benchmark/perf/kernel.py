@@ -117,18 +117,18 @@ def _report_fast(echo: Callable[[str], None], fast: Measured, stats: dict[str, A
     echo(f"  per-example gradients alone: wall {grad_wall:.2f} s, CPU {grad_cpu:.2f} s (CPU: forward "
          f"{stats.get('forward_cpu', 0):.2f}, reverse {stats.get('backward_cpu', 0):.2f}, assembly "
          f"{stats.get('per_example_cpu', 0):.2f}); products: wall {stats.get('contract', 0):.2f} s, CPU "
-         f"{stats.get('contract_cpu', 0):.2f} s")
+         f"{stats.get('contract_cpu', 0):.2f} s; stored columns formed again from factors: CPU "
+         f"{stats.get('formed_cpu', 0):.2f} s")
     echo(f"  plan: {stats.get('passes')} pass(es), chunk {stats.get('chunk')} train examples, "
          f"{stats.get('groups')} parameter group(s), max batch {stats.get('max_batch')}, "
-         f"segment {stats.get('segment_cols')} columns, fallback {stats.get('fallback_params') or 'none'}")
+         f"segment {stats.get('segment_cols')} columns, streamed units of {stats.get('unit_rows') or '-'} rows, "
+         f"fallback {stats.get('fallback_params') or 'none'}")
     echo(f"  training side stored as: {stats.get('representation', 'per-example gradients')}")
     if "activation_bytes" in stats:
         grads = C * int(stats.get("dense_cols", dense)) * 4
         recorded = int(stats["activation_bytes"])
-        factored = recorded * (1 + C) / 2  # inputs once, output gradients per logit
         echo(f"  per training example: per-example gradients {grads / 2**20:.0f} MiB; recorded layer inputs and "
-             f"outputs {recorded / 2**20:.1f} MiB (inputs + {C} output gradient(s) ~{factored / 2**20:.1f} MiB: "
-             "the factored representation, not implemented)")
+             f"outputs {recorded / 2**20:.1f} MiB")
 
 
 def _reference(
