@@ -10,14 +10,21 @@ chunk) pass:
 1. *Store*: one forward and C reverse passes per batch of the chunk write every example-logit's
    gradient into a preallocated buffer ``S`` of shape ``[C * A, columns]``: the raw gradients
    where a formula uses them on this side, their signs as int8 where a formula takes signs here
-   (the plan says which, `planner.Plan.representation`), and collect the sparse entries.
+   (the plan says which, `planner.Plan.representation`), and collect the sparse entries. When
+   the raw gradients would need more than one pass, the weight matrices are stored instead as
+   their layers' recorded inputs and output gradients (``dW = go^T a``: ``T * (n + C * m)``
+   numbers per example instead of ``C * m * n``, about a tenth for roberta-base at 64 tokens);
+   their stored columns are formed again, one segment at a time, where they are multiplied.
 2. *Stream*: every batch of the ``b`` side goes through one forward and C reverse passes; its
    per-example gradients are assembled segment by segment (a few million columns at a time) into
    a small workspace and immediately contracted with the matching columns of ``S``:
    ``block += S_x @ G_y^T`` for each needed sign combination, so the ``b`` side's gradients are
    never held whole. When a group fits in one segment, the rows of several consecutive batches
    (up to 256) are gathered first, so that each product is wide enough to run near the machine's
-   peak. Sparse tensors are contracted by joining entries on their row id.
+   peak. With factored weights and several segments, the batches are taken in units whose
+   recorded inputs, outputs and output gradients are held together (`planner.Plan.unit_rows`),
+   so that each segment's stored columns are formed once per unit and the products are as wide as
+   the unit. Sparse tensors are contracted by joining entries on their row id.
 
 All formulas come out of the same pass: ``sgd`` = (raw, raw), ``signgd`` = (sign, sign),
 ``asym`` = (sign, raw) and its flipped kernel (raw, sign). Every product sums at most 4,096

@@ -141,11 +141,16 @@ class Use:
 
 @dataclass
 class Call:
-    """One recorded call of a module: its (detached) input and its output."""
+    """One recorded call of a module: its (detached) input and its output.
+
+    ``key`` (the call's position in its forward pass) keys the output gradients, so that the output
+    itself can be let go once they are computed (`Recorder.release_outputs`).
+    """
 
     input: torch.Tensor
-    output: torch.Tensor
+    output: torch.Tensor | None
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    key: int = 0
 
 
 def _normalized(call: Call, module: nn.LayerNorm) -> torch.Tensor:

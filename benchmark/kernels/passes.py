@@ -88,7 +88,7 @@ class PassOps:
         for c in range(C):
             if outputs:
                 g = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < C - 1, allow_unused=True)
-                grads.append({id(o): x for o, x in zip(outputs, g, strict=True) if x is not None})
+                grads.append({call.key: x for call, x in zip(rec.order, g, strict=True) if x is not None})
             else:
                 grads.append({})
         t = self._tick("backward", t)
@@ -119,7 +119,7 @@ class PassOps:
             first = True
             for use in slot.uses:
                 for call in rec.calls.get(id(use.module), []):
-                    go = grads.get(id(call.output))
+                    go = grads.get(call.key)
                     if go is not None:
                         write_dense(use, call, go, view, first)
                         first = False
@@ -133,7 +133,7 @@ class PassOps:
         for c, per_c in enumerate(grads):
             for use in slot.uses:
                 for call in rec.calls.get(id(use.module), []):
-                    go = per_c.get(id(call.output))
+                    go = per_c.get(call.key)
                     if go is not None:
                         rows, ids, values = sparse_entries(use, call, go, size)
                         parts.append((row_of(c, rows), ids, values))
@@ -237,7 +237,7 @@ class PassOps:
                 terms = []
                 for use in slot.uses:
                     for call in rec.calls.get(id(use.module), []):
-                        per_logit = [g.get(id(call.output)) for g in grads]
+                        per_logit = [g.get(call.key) for g in grads]
                         if all(go is None for go in per_logit):
                             continue
                         some = next(go for go in per_logit if go is not None)
@@ -391,6 +391,7 @@ class PassOps:
         for first, batch in unit:
             size = batch_size(batch)
             rec, grads, fallback = self._backward(group, batch)
+            rec.release_outputs()
             held.append((first, size, offset, rec, grads, fallback))
             offset += C * size
         wide = {combo: torch.zeros(C * stored.size, offset, dtype=torch.float64, device=self.device)

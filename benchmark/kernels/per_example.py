@@ -164,14 +164,19 @@ class Recorder:
         if isinstance(module, nn.Embedding) and inp.dim() >= 1 and inp.shape[0] == 1 and self.batch > 1:
             inp = inp.expand(self.batch, *inp.shape[1:])
             output = replaced = output.expand(self.batch, *output.shape[1:])
-        call = Call(inp.detach(), output)
+        call = Call(inp.detach(), output, key=len(self.order))
         self.calls.setdefault(id(module), []).append(call)
         self.order.append(call)
         return replaced
 
     def outputs(self) -> list[torch.Tensor]:
         """Recorded outputs, in call order."""
-        return [call.output for call in self.order]
+        return [call.output for call in self.order if call.output is not None]
+
+    def release_outputs(self) -> None:
+        """Let the recorded outputs go (their gradients, keyed by `Call.key`, are all that is still needed)."""
+        for call in self.order:
+            call.output = None
 
     def captured_bytes(self) -> int:
         """Bytes of the recorded inputs and outputs (an activation-memory estimate)."""
@@ -179,7 +184,7 @@ class Recorder:
         total = 0
         for call in self.order:
             for t in (call.input, call.output):
-                if t.data_ptr() not in seen:
+                if t is not None and t.data_ptr() not in seen:
                     seen.add(t.data_ptr())
                     total += t.numel() * t.element_size()
         return total
@@ -365,7 +370,7 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
         for slot in slots
         if not slot.fallback
         and any(
-            call.input.dim() == 0 or call.input.shape[0] != size or call.output.shape[0] != size
+            call.input.dim() == 0 or call.input.shape[0] != size or call.output is None or call.output.shape[0] != size
             for use in slot.uses
             for call in rec.calls.get(id(use.module), [])
         )
@@ -382,16 +387,16 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
     total = logits.sum()
     outputs = rec.outputs()
     grads = torch.autograd.grad(total, outputs, retain_graph=True, allow_unused=True) if outputs else ()
-    grad_of = {id(call.output): g for call, g in zip(rec.order, grads, strict=True)}
+    grad_of = {call.key: g for call, g in zip(rec.order, grads, strict=True)}
     results: list[tuple[Slot, float, float]] = []
-    for part in _by_size(checked, 2**24):  # autograd's batch gradients, a few million entries at a time
+    for part in _by_size(checked, 2**26):  # autograd's batch gradients, tens of millions of entries at a time
         auto = torch.autograd.grad(total, [s.tensor for s in part], retain_graph=True, allow_unused=True)
         for slot, reference in zip(part, auto, strict=True):
             assembled = torch.zeros_like(slot.tensor)
             flat = assembled.reshape(-1)
             for use in slot.uses:
                 for call in rec.calls.get(id(use.module), []):
-                    go = grad_of.get(id(call.output))
+                    go = grad_of.get(call.key)
                     if go is None:
                         continue
                     if slot.sparse:

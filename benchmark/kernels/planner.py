@@ -17,7 +17,8 @@ model, and changes none of its inputs; the engine carries the plan out. It decid
   (``nn.Linear``: ``dW = go^T a``) can be stored as its layer's inputs and output gradients,
   ``T * (n + C * m)`` numbers per example instead of ``C * m * n``; when the raw per-example
   gradients need more than one pass, the plan stores every tensor for which that is smaller as
-  factors, and keeps that choice if it needs fewer passes. The stored columns of a factored
+  factors, and keeps that choice if its estimated work (`_cost`: passes, and forming the stored
+  columns again) is smaller. The stored columns of a factored
   tensor are formed again from the factors, one segment at a time, where they are multiplied;
   so that this happens rarely and the products are wide, the streamed batches are then taken in
   units (``unit_rows``: their recorded inputs, outputs and output gradients held together, out of
@@ -42,6 +43,8 @@ MAX_UNIT_EXAMPLES = 128
 SIGN_BYTES = 1  # int8 signs
 #: Relative costs of forward : reverse : assembly per example (measured on BERT/RoBERTa shapes).
 COST_FORWARD, COST_REVERSE, COST_ASSEMBLY = 1.0, 2.0, 3.0
+#: Forming one example-logit's factored gradients again, against a forward pass of one example.
+COST_FORMING = 1.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,25 @@ def plan(request: Request) -> Plan:
     if force == 0 or not candidates or (force is None and dense.passes == 1):
         return dense
     factored = _layout(r, avail, candidates, kernel_bytes, note)
-    return factored if force == 1 or factored.passes < dense.passes else dense
+    return factored if force == 1 or (force is None and _cost(r, factored) < _cost(r, dense)) else dense
+
+
+def _cost(r: Request, p: Plan) -> float:
+    """Estimated work of a plan, in forward passes of one example.
+
+    Every pass runs a forward and the reverse passes over the stored and the streamed examples;
+    a factored plan also forms the stored columns again, for ``C * chunk`` example-logits (about
+    one forward pass each, twice that in float64) once per streamed unit or batch and per diagonal.
+    """
+    C = r.num_outputs
+    streamed = sum(t for t in r.targets if t is not None)
+    passes = p.passes * (r.n_a + streamed) * (COST_FORWARD + COST_REVERSE)
+    if not p.factored:
+        return passes
+    rows = p.unit_rows or C * max(1, min(p.max_batch, max(r.batch_sizes, default=1)))
+    formings = sum(math.ceil(C * t / rows) for t in r.targets if t is not None) + sum(t is None for t in r.targets)
+    precision = (r.factor_itemsize or r.itemsize) / r.itemsize
+    return passes + p.passes * formings * C * min(p.chunk, r.n_a) * COST_FORMING * precision
 
 
 def _dense_bytes(r: Request, t: TensorSize) -> float:
@@ -186,13 +207,18 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     if widest:
         max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * r.itemsize))))
     if r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
-        widest_group = max(sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse) for g in groups)
+        # (per tensor, for the tensors not factored, in a factored plan)
+        widest_group = max(
+            max((r.tensors[i].numel for i in g if not r.tensors[i].sparse and i not in as_factors), default=0)
+            if factored else sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse)
+            for g in groups
+        )
         widest_segment = max(min(widest_group, MAX_SEGMENT), widest)
         max_batch = max(1, min(max_batch, int(work_budget // max(1, r.scratch_itemsize * widest_segment))))
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
     unit_rows = 0
     if factored:  # rows of streamed examples whose gradients are formed against one forming of the stored side
-        held = max(1, r.captured) * (2 + C) / 2
+        held = max(1, r.captured) * (1 + C) / 2  # inputs, and C gradients of the outputs (let go themselves)
         unit_rows = C * max(target_batch, min(MAX_UNIT_EXAMPLES, int(hold_budget // held)))
     per_col = stream_factor * max(C * max(1, target_batch), unit_rows) * r.itemsize
     share = work_budget
