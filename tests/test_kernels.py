@@ -400,6 +400,13 @@ def _chunked(model: nn.Module, a: list[dict], b: list[dict]) -> dict:
     return engine.run(a, {"ab": b, "aa": None})  # chunks of 2, groups of 7 tensors, products of <= 3 examples
 
 
+def _factored(model: PromptLogitModel, a: list, b: list) -> dict:
+    """Weights stored as factors, several segments, streamed units of 3 examples."""
+    engine = FastKernelEngine(model, select_parameters(model), [(False, False), (True, False)], memory_budget=2**30,
+                              overrides={"factors": 1, "segment_cols": 5000, "unit_rows": 6, "max_batch": 1})
+    return engine.run(a, {"ab": b, "aa": None})
+
+
 def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -409,8 +416,10 @@ def _distributed_worker(rank: int, port: int, out_dir: str) -> None:
         out = empirical_ntks(model, a, {"ab": b, "aa": None}, formulas=["sgd", "asym"], progress=False)
         ref = empirical_ntk(model, a, b, formula="sgd", strategy="reference", progress=False)
         chunked = _chunked(model, a, b)
+        factored = _factored(model, a, b)
         torch.save(
-            {"ab": out["ab"]["sgd"], "aa": out["aa"]["asym"].kernel, "ref": ref, "chunked": chunked},
+            {"ab": out["ab"]["sgd"], "aa": out["aa"]["asym"].kernel, "ref": ref, "chunked": chunked,
+             "factored": factored},
             f"{out_dir}/rank{rank}.pt",
         )
     finally:
@@ -429,8 +438,14 @@ def test_two_processes_give_the_one_process_kernel(tmp_path, monkeypatch) -> Non
     model, a, b = _tiny_bert_for_workers()
     out = empirical_ntks(model, a, {"ab": b, "aa": None}, formulas=["sgd", "asym"], progress=False)
     chunked = _chunked(model, a, b)
+    factored = _factored(model, a, b)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
+        for name in ("ab", "aa"):
+            for combo, kernel in factored[name].items():
+                assert torch.equal(got["factored"][name][combo], kernel), (name, combo)
+            assert_close(factored[name][(True, False)], out[name]["asym"].kernel, 1e-10)
+            assert_close(factored["ab"][(False, False)], out["ab"]["sgd"], 1e-10)
         assert torch.equal(got["ab"], out["ab"]["sgd"])
         assert torch.equal(got["aa"], out["aa"]["asym"].kernel)
         assert_close(got["ref"], out["ab"]["sgd"], 1e-10)
