@@ -168,3 +168,50 @@ def test_sign_only_formula_stores_int8_signs_only(models) -> None:
     for name, other in (("ab", gb), ("aa", ga)):
         expected = torch.einsum("ncp,mdp->ncmd", ga.sign(), other.sign())
         assert_sign_close(alone[name]["signgd"], expected, ga, other)
+
+
+class _Cancelling(torch.nn.Module):
+    """Two tokens whose activations ``exp(s)`` are equal in float32 but not in float64 (``s = 0, 1e-8``).
+
+    Logit 0 is ``sum(h_0 - h_1)``, so its weight gradient ``(x_0 - x_1)`` is exactly 0 in float32
+    and about -1e-8 in float64: a float32 forming of the factors gets its sign wrong everywhere.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(4, 3, bias=False)
+        self.register_buffer("scale", torch.tensor([1.0, 2.0, -1.0, 0.5]))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = torch.exp(input_ids.to(self.scale.dtype)).unsqueeze(-1) * self.scale  # [B, 2, 4]
+        h = self.proj(x)
+        return torch.stack([(h[:, 0] - h[:, 1]).sum(-1), (h[:, 0] + h[:, 1]).sum(-1)], dim=1)
+
+
+def test_factored_signs_are_those_of_float64_gradients() -> None:
+    """The float32 forming's wrong signs are fixed from the float64 twin, as the raw stored side's are."""
+    model = _Cancelling()
+    a = [{"input_ids": torch.tensor([[0.0, 1e-8], [0.0, 1e-8], [0.3, -0.2]])}]
+    b = [{"input_ids": torch.tensor([[0.1, 0.4], [0.0, 1e-8]])}]
+    asym = [(True, False), (False, True)]
+
+    def run(**overrides: int) -> tuple[dict, dict]:
+        stats: dict = {}
+        engine = FastKernelEngine(model, select_parameters(model), asym, memory_budget=2**30, overrides=overrides,
+                                  stats=stats)
+        return engine.run(a, {"ab": b})["ab"], stats
+
+    factored, stats = run(factors=1)
+    raw, raw_stats = run(factors=0)
+    assert stats["factored"] == 1 and raw_stats["factored"] == 0
+    assert stats["sign_fixes"] == 2 * 12  # logit 0 of the two cancelling training examples, every entry
+    exact = empirical_ntks(copy.deepcopy(model).double(), a, {"ab": b}, formulas=["asym"], progress=False)["ab"]
+    for combo in asym:  # the raw factored side is formed in float32 (0 where float64 has 1e-8)
+        assert _relative(factored[combo], raw[combo]) <= 1e-6, combo
+    # (the flipped kernel takes the float32 eval side's signs, in every strategy: not compared with float64)
+    assert _relative(factored[(True, False)], exact["asym"].kernel) <= 1e-6
+    # without the twin (exact_signs=False) the float32 signs are 0 there, and the kernel is visibly off
+    loose = FastKernelEngine(model, select_parameters(model), asym, memory_budget=2**30, overrides={"factors": 1},
+                             exact_signs=False).run(a, {"ab": b})["ab"]
+    assert _relative(loose[(True, False)], exact["asym"].kernel) > 1e-2

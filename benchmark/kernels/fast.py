@@ -170,7 +170,6 @@ class FastKernelEngine(PassOps):
             overrides=self.overrides,
             reserved=self._twin_bytes() if self._wants_twin() else 0,
             scratch_itemsize=(8 if self._wants_twin() else self.itemsize) if self._stores_signs(targets) else 0,
-            factor_itemsize=8 if self._wants_twin() else self.itemsize,
         )
         chosen = plan(request)
         if chosen.note:

@@ -62,11 +62,14 @@ class FactorBatch:
     ``terms`` has one entry per recorded call of the tensor's modules: the output gradients, one
     ``[size, T, m]`` per logit, and the inputs ``[size, T, n]``; example ``b``'s gradient for logit
     ``c`` is the sum over the calls of ``left_c[b]^T @ right[b]``. No terms: the gradients are zero.
+    ``fixes`` (with the float64 twin) holds per logit the flat entries of ``[size, numel]`` whose
+    formed sign differs from the float64 gradient's, and their float64 signs.
     """
 
     first: int
     size: int
     terms: list[tuple[list[torch.Tensor], torch.Tensor]]
+    fixes: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per logit: (entries, signs)
 
 
 @dataclass

@@ -228,10 +228,24 @@ class PassOps:
     ) -> None:
         """One stored batch of a group with factored slots: their factors, and the other slots' gradients.
 
-        The factors are the recorded layer inputs and the output gradients themselves (no copy);
-        inputs shared by several layers (a query, key and value projection) are kept once.
+        The factors are the recorded layer inputs and the output gradients themselves (no copy;
+        inputs shared by several layers, as a query, key and value projection's, are kept once).
+        With the float64 twin they are rounded to the model's precision, and where the stored signs
+        are used, each factored gradient is formed once in float64 here: the entries whose sign the
+        float32 forming gets wrong (within its round-off of zero) are kept as fixes, so that the
+        signs formed later are those of the float64 gradients.
         """
         C = self.num_outputs
+        assert self.plan is not None
+        rounded: dict[int, torch.Tensor] = {}
+
+        def stored(tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.dtype == self.dtype:
+                return tensor
+            if id(tensor) not in rounded:
+                rounded[id(tensor)] = tensor.to(self.dtype)
+            return rounded[id(tensor)]
+
         for slot in group.dense:
             if slot.index in group.factored:
                 terms = []
@@ -245,18 +259,44 @@ class PassOps:
                                  for go in per_logit]
                         right = factors_of(use, call, some, size)[1]
                         terms.append((lefts, right))
-                factors[slot.index].append(FactorBatch(local, size, terms))
+                kept = [([stored(x) for x in lefts], stored(right)) for lefts, right in terms]
+                piece = FactorBatch(local, size, kept)
+                if self.twin is not None and self.plan.store_sign:
+                    exact = FactorBatch(local, size, terms)
+                    for c in range(C):
+                        signs = self._form(exact, c, slot, "formed_twin").sign()
+                        wrong = (signs != self._form(piece, c, slot).sign()).view(-1).nonzero().squeeze(1)
+                        piece.fixes.append((wrong, signs.view(-1)[wrong].to(self.dtype)))
+                        self.stats["sign_fixes"] = self.stats.get("sign_fixes", 0) + wrong.numel()
+                factors[slot.index].append(piece)
                 continue
             offset = group.stored_offsets[slot.index]
             columns = slice(offset, offset + slot.numel)
             for c in range(C):
                 at = slice(c * A + local, c * A + local + size)
-                exact = self._scratch("store", size, slot.numel, self.twin.model_dtype if self.twin else self.dtype)
-                self._fill_dense([slot], rec, grads[c], fallback, fb_offsets, exact, slot.offset, c)
+                dtype = self.twin.model_dtype if self.twin else self.dtype
+                exact_rows = self._scratch("store", size, slot.numel, dtype)
+                self._fill_dense([slot], rec, grads[c], fallback, fb_offsets, exact_rows, slot.offset, c)
                 if dense is not None:
-                    dense[at, columns].copy_(exact)
+                    dense[at, columns].copy_(exact_rows)
                 if dense_sign is not None:
-                    dense_sign[at, columns].copy_(exact.sign_())
+                    dense_sign[at, columns].copy_(exact_rows.sign_())
+
+    def _form(self, piece: FactorBatch, c: int, slot: Slot, name: str = "formed_piece") -> torch.Tensor:
+        """Logit ``c``'s gradients of ``slot`` for the examples of ``piece``, formed from its factors.
+
+        ``[size, numel]`` in a work buffer ``name`` (overwritten by the next call); always the same
+        operations on the same tensors, so the same numbers whenever a piece is formed.
+        """
+        m, n = slot.tensor.shape
+        dtype = piece.terms[0][1].dtype if piece.terms else self.dtype
+        formed = self._scratch(name, piece.size, slot.numel, dtype)
+        view = formed.view(piece.size, m, n)
+        if not piece.terms:
+            view.zero_()
+        for k, (lefts, right) in enumerate(piece.terms):
+            view.baddbmm_(lefts[c].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
+        return formed
 
     def _stored_columns(
         self, group: Group, stored: Stored, segment: Segment, variants: set[bool]
@@ -265,15 +305,14 @@ class PassOps:
 
         Without factored slots these are views of the stored buffers. Otherwise a factored slot's
         columns are formed again from its factors (``left_c^T @ right`` per example, summed over the
-        calls; in float64 with the float64 twin, so that the signs are those of the float64
-        gradients) and the others are copied, into work buffers kept across batches.
+        calls; signs corrected by the piece's fixes, see `_store_factored`) and the others are
+        copied, into work buffers kept across batches.
         """
         if not group.factored:
             return {v: stored.variant(v)[:, segment.start : segment.stop] for v in variants}
         t = now()
         rows, cols, A = self.num_outputs * stored.size, segment.stop - segment.start, stored.size
         out = {v: self._scratch(f"formed_{v}", rows, cols, self.dtype) for v in variants}
-        exact_dtype = self.twin.model_dtype if self.twin is not None else self.dtype
         for slot in segment.slots:
             lo = slot.offset - segment.start
             columns = slice(lo, lo + slot.numel)
@@ -282,24 +321,18 @@ class PassOps:
                 for v, target in out.items():
                     target[:, columns].copy_(stored.variant(v)[:, offset : offset + slot.numel])
                 continue
-            m, n = slot.tensor.shape
             for piece in stored.factors[slot.index]:
                 for c in range(self.num_outputs):
                     at = slice(c * A + piece.first, c * A + piece.first + piece.size)
-                    if False in out and exact_dtype == self.dtype:
-                        exact = out[False][at, columns]  # formed in place
-                    else:
-                        exact = self._scratch("formed_exact", piece.size, slot.numel, exact_dtype)
-                    view = exact.view(piece.size, m, n)
-                    if not piece.terms:
-                        view.zero_()
-                    for k, (lefts, right) in enumerate(piece.terms):
-                        view.baddbmm_(lefts[c].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
-                    for v, target in out.items():
-                        if v:
-                            target[at, columns].copy_(torch.sign(exact))
-                        elif target[at, columns].data_ptr() != exact.data_ptr():
-                            target[at, columns].copy_(exact)  # rounds a float64 twin's gradients
+                    formed = self._form(piece, c, slot)
+                    if False in out:
+                        out[False][at, columns].copy_(formed)
+                    if True in out:  # the signs, formed in place after the raw copy
+                        torch.sign(formed, out=formed)
+                        if piece.fixes:
+                            wrong, fixed = piece.fixes[c]
+                            formed.view(-1).index_copy_(0, wrong, fixed)
+                        out[True][at, columns].copy_(formed)
         self._tick("formed", t)
         return out
 

@@ -76,7 +76,6 @@ class Request:
     overrides: Mapping[str, int] = field(default_factory=dict)
     reserved: int = 0  # bytes held outside the plan's shares (the float64 copy of the model for exact signs)
     scratch_itemsize: int = 0  # bytes per entry of the buffer a stored batch passes through (0: written in place)
-    factor_itemsize: int = 0  # bytes per entry of stored factors (0: ``itemsize``; 8 with the float64 model copy)
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def _cost(r: Request, p: Plan) -> float:
 
     Every pass runs a forward and the reverse passes over the stored and the streamed examples;
     a factored plan also forms the stored columns again, for ``C * chunk`` example-logits (about
-    one forward pass each, twice that in float64) once per streamed unit or batch and per diagonal.
+    one forward pass each) once per streamed unit or batch and per diagonal.
     """
     C = r.num_outputs
     streamed = sum(t for t in r.targets if t is not None)
@@ -158,8 +157,7 @@ def _cost(r: Request, p: Plan) -> float:
         return passes
     rows = p.unit_rows or C * max(1, min(p.max_batch, max(r.batch_sizes, default=1)))
     formings = sum(math.ceil(C * t / rows) for t in r.targets if t is not None) + sum(t is None for t in r.targets)
-    precision = (r.factor_itemsize or r.itemsize) / r.itemsize
-    return passes + p.passes * formings * C * min(p.chunk, r.n_a) * COST_FORMING * precision
+    return passes + p.passes * formings * C * min(p.chunk, r.n_a) * COST_FORMING
 
 
 def _dense_bytes(r: Request, t: TensorSize) -> float:
@@ -176,7 +174,7 @@ def _factor_bytes(r: Request, t: TensorSize) -> float:
     if t.factor_shape is None or t.sparse or t.fallback:
         return math.inf
     m, n = t.factor_shape
-    return t.calls * r.longest * (n + r.num_outputs * m) * (r.factor_itemsize or r.itemsize)
+    return t.calls * r.longest * (n + r.num_outputs * m) * r.itemsize
 
 
 def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: int, note: str) -> Plan:
@@ -206,13 +204,10 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     widest = max((t.numel for t in r.tensors if not t.sparse and not t.fallback), default=0)
     if widest:
         max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * r.itemsize))))
-    if r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
-        # (per tensor, for the tensors not factored, in a factored plan)
-        widest_group = max(
-            max((r.tensors[i].numel for i in g if not r.tensors[i].sparse and i not in as_factors), default=0)
-            if factored else sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse)
-            for g in groups
-        )
+    if r.scratch_itemsize and factored:  # each stored tensor is formed in float64 and float32 once, per batch
+        max_batch = max(1, min(max_batch, int(work_budget // max(1, (r.scratch_itemsize + r.itemsize) * widest))))
+    elif r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
+        widest_group = max(sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse) for g in groups)
         widest_segment = max(min(widest_group, MAX_SEGMENT), widest)
         max_batch = max(1, min(max_batch, int(work_budget // max(1, r.scratch_itemsize * widest_segment))))
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
