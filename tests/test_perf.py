@@ -37,6 +37,18 @@ def test_perf_kernel_reports_plan_floor_and_float64_error(monkeypatch, capsys) -
     assert "estimate: roberta-base" in out  # the small preset extrapolates
 
 
+def test_perf_kernel_plan_only_prints_the_factored_plan_and_computes_nothing(monkeypatch, capsys) -> None:
+    """Under a budget the raw stored gradients do not fit, the plan keeps the weights as factors in one pass."""
+    code, out, err = invoke(
+        ["perf", "kernel", "--n-train", "64", "--n-eval", "64", "--seq-len", "32", "--formulas", "sgd",
+         "--memory-budget", "300MiB", "--plan-only"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "plan of the fast strategy (nothing computed)" in out
+    assert re.search(r"1 pass\(es\), 1 parameter group\(s\), chunk 64 train examples", out)
+    assert re.search(r"training side stored as: per-example float gradients; \d+ weight matrices as layer inputs", out)
+    assert "fast strategy (per-example" not in out and "reference strategy" not in out
+
+
 def test_perf_kernel_on_a_saved_model_agrees_with_the_reference(tiny_bert_dir, monkeypatch, capsys) -> None:
     code, out, err = invoke(
         ["perf", "kernel", "--model", str(tiny_bert_dir), "--n-train", "2", "--n-eval", "3", "--seq-len", "12",

@@ -246,11 +246,12 @@ class FastKernelEngine(PassOps):
 
     # ------------------------------------------------------------------ driver
     def run(
-        self, batches_a: Sequence[Batch], targets: Mapping[str, Sequence[Batch] | None]
+        self, batches_a: Sequence[Batch], targets: Mapping[str, Sequence[Batch] | None], *, plan_only: bool = False
     ) -> dict[str, dict[Combo, torch.Tensor]]:
         """Kernels ``[N_a, C, N_b, C]`` (float64) per target name and sign combination.
 
-        A target ``None`` means ``a x a``.
+        A target ``None`` means ``a x a``. With ``plan_only`` the engine probes the model and plans
+        (``stats`` and `plan` say what it would do), computes nothing and returns ``{}``.
         """
         a = prepare(batches_a, self.device, self.model)
         if a.total == 0:
@@ -272,6 +273,8 @@ class FastKernelEngine(PassOps):
             self._tick("probe", t)
             self.stats["activation_bytes"] = captured  # per example: recorded layer inputs and outputs
             groups, chunk, max_batch = self._plan(a, streams, captured)
+            if plan_only:
+                return {}
             if self._wants_twin():
                 self.twin = Twin.build(self.model, groups)
             self.stats["exact_signs"] = self.twin is not None

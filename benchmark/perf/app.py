@@ -42,6 +42,7 @@ def kernel_cmd(
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     seed: Annotated[int, typer.Option(help="seed of the random model and inputs")] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars")] = False,
+    plan_only: Annotated[bool, typer.Option(help="print the fast strategy's plan for these sizes and stop")] = False,
 ) -> None:
     """The fast eNTK strategy vs the reference one: phases, plan, peak memory, float64 error, floor ratio.
 
@@ -51,7 +52,8 @@ def kernel_cmd(
                         seq_len=seq_len, num_labels=num_labels, threads=threads, formulas=formulas, params=params,
                         memory_budget=memory_budget, batch_size=batch_size, ref_eval=ref_eval,
                         ref_train_batch=ref_train_batch, ref_full=ref_full, reference=reference, floor=floor,
-                        error_sub=error_sub, device=device, dtype=dtype, seed=seed, progress=progress)
+                        error_sub=error_sub, device=device, dtype=dtype, seed=seed, progress=progress,
+                        plan_only=plan_only)
     from benchmark.perf.kernel import run_kernel_bench
 
     if not run_kernel_bench(options, echo=_echo):  # type: ignore[arg-type]

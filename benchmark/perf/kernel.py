@@ -73,6 +73,9 @@ def run_kernel_bench(options: KernelBenchOptions, echo: Callable[[str], None] = 
          f"budget {gib(budget)}")
 
     stats: dict[str, Any] = {}
+    if options.plan_only:
+        _report_plan(echo, model, train, evals, formulas, options.params, budget, stats)
+        return True
     fast = measure(lambda: empirical_ntks(model, train, {"eval": evals}, formulas=formulas, params=options.params,
                                           memory_budget=budget, progress=options.progress, stats=stats)["eval"],
                    device)
@@ -129,6 +132,27 @@ def _report_fast(echo: Callable[[str], None], fast: Measured, stats: dict[str, A
         recorded = int(stats["activation_bytes"])
         echo(f"  per training example: per-example gradients {grads / 2**20:.0f} MiB; recorded layer inputs and "
              f"outputs {recorded / 2**20:.1f} MiB")
+
+
+def _report_plan(echo: Callable[[str], None], model: torch.nn.Module, train: list, evals: list, formulas: list[str],
+                 params: str, budget: int, stats: dict[str, Any]) -> None:
+    """Probe and plan as the fast strategy would, and print the plan (nothing is computed)."""
+    from benchmark.kernels import select_parameters
+    from benchmark.kernels.fast import FastKernelEngine
+    from registry.formulas import get_formula
+
+    combos = list(dict.fromkeys(combo for name in formulas for combo in get_formula(name).combos))
+    engine = FastKernelEngine(model, select_parameters(model, params), combos, memory_budget=budget, stats=stats)
+    engine.run(train, {"eval": evals}, plan_only=True)
+    plan = engine.plan
+    assert plan is not None
+    echo("\nplan of the fast strategy (nothing computed)")
+    echo(f"  {plan.passes} pass(es), {len(plan.groups)} parameter group(s), chunk {plan.chunk} train examples, "
+         f"max batch {plan.max_batch}, segment {plan.segment_cols} columns, streamed units of "
+         f"{plan.unit_rows or '-'} rows, float64 model copy: {'yes' if engine._wants_twin() else 'no'}")
+    echo(f"  training side stored as: {plan.representation}")
+    echo(f"  budget {gib(budget)}: kernels {gib(plan.kernel_bytes)}, stored side {gib(plan.store_budget)}, "
+         f"workspace {gib(plan.work_budget)}, activations {gib(plan.act_budget)}")
 
 
 def _reference(

@@ -38,6 +38,7 @@ class KernelBenchOptions(_Options):
     ref_full: bool = False
     reference: bool = True
     floor: bool = True
+    plan_only: bool = False
     error_sub: int = Field(default=4, ge=0)
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
