@@ -237,14 +237,20 @@ class PassOps:
         """
         C = self.num_outputs
         assert self.plan is not None
-        rounded: dict[int, torch.Tensor] = {}
+        # rounded copies, one per viewed memory: a query, key and value projection's input is rounded once
+        # (keyed by where the view lies, not by the view object, whose id is reused once it is freed;
+        # the viewed memory is held by ``rec`` and ``grads`` for the whole batch)
+        rounded: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
+        held: list[torch.Tensor] = []
 
         def stored(tensor: torch.Tensor) -> torch.Tensor:
             if tensor.dtype == self.dtype:
                 return tensor
-            if id(tensor) not in rounded:
-                rounded[id(tensor)] = tensor.to(self.dtype)
-            return rounded[id(tensor)]
+            key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+            if key not in rounded:
+                rounded[key] = tensor.to(self.dtype)
+                held.append(tensor)  # its memory stays taken (and its key unique) until the batch is done
+            return rounded[key]
 
         for slot in group.dense:
             if slot.index in group.factored:
