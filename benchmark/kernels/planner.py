@@ -213,7 +213,9 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
     unit_rows = 0
     if factored:  # rows of streamed examples whose gradients are formed against one forming of the stored side
-        held = max(1, r.captured) * (1 + C) / 2  # inputs, and C gradients of the outputs (let go themselves)
+        # the recorded inputs and outputs (most outputs are the next layer's inputs, so letting the
+        # outputs go frees little), and C gradients of the outputs
+        held = max(1, r.captured) * (2 + C) / 2
         unit_rows = C * max(target_batch, min(MAX_UNIT_EXAMPLES, int(hold_budget // held)))
     per_col = stream_factor * max(C * max(1, target_batch), unit_rows) * r.itemsize
     share = work_budget
