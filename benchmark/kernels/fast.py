@@ -56,7 +56,8 @@ agree on one plan (the smallest budget), so the result is the one-process result
 (`benchmark.kernels.distributed`).
 
 This module plans the passes and drives them; the work of one pass (reverse passes, assembly,
-store, stream, diagonal blocks) is `benchmark.kernels.passes`.
+store, stream, diagonal blocks) is `benchmark.kernels.passes`, and the factored training side's
+(storing the factors, forming the stored columns again) `benchmark.kernels.factored`.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.kernels.batches import Examples, accepted_keys, differentiable, prepare
+from benchmark.kernels.clock import now
 from benchmark.kernels.distributed import Ranks, dist_info, sum_over_ranks
 from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.params import SelectedTensor
-from benchmark.kernels.passes import PassOps, now
+from benchmark.kernels.passes import PassOps
 from benchmark.kernels.per_example import (
     Batch,
     batch_size,

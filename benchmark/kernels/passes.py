@@ -10,19 +10,19 @@ algorithm and its memory and precision.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from torch import nn
 
 from benchmark.kernels.batches import Examples
+from benchmark.kernels.clock import now
+from benchmark.kernels.factored import FactorOps
 from benchmark.kernels.layout import FactorBatch, Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.per_example import (
     Slot,
     SparseRows,
     batch_size,
-    factors_of,
     fallback_gradients,
     record,
     sparse_entries,
@@ -33,7 +33,7 @@ from benchmark.kernels.planner import Combo, Plan
 from benchmark.kernels.products import accumulate, gram, product
 
 
-class PassOps:
+class PassOps(FactorOps):
     """The operations of one pass, shared by `FastKernelEngine` (which owns the state named here)."""
 
     model: nn.Module
@@ -212,135 +212,6 @@ class PassOps:
         self._tick("per_example", t)
         return Stored(start, stop, dense, dense_sign, sparse, factors)
 
-    def _store_factored(
-        self,
-        group: Group,
-        rec: Any,
-        grads: list[dict[int, torch.Tensor]],
-        fallback: torch.Tensor | None,
-        fb_offsets: dict[int, int],
-        dense: torch.Tensor | None,
-        dense_sign: torch.Tensor | None,
-        factors: dict[int, list[FactorBatch]],
-        local: int,
-        size: int,
-        A: int,
-    ) -> None:
-        """One stored batch of a group with factored slots: their factors, and the other slots' gradients.
-
-        The factors are the recorded layer inputs and the output gradients themselves (no copy;
-        inputs shared by several layers, as a query, key and value projection's, are kept once).
-        With the float64 twin they are rounded to the model's precision, and where the stored signs
-        are used, each factored gradient is formed once in float64 here: the entries whose sign the
-        float32 forming gets wrong (within its round-off of zero) are kept as fixes, so that the
-        signs formed later are those of the float64 gradients.
-        """
-        C = self.num_outputs
-        assert self.plan is not None
-        # rounded copies, one per viewed memory: a query, key and value projection's input is rounded once
-        # (keyed by where the view lies, not by the view object, whose id is reused once it is freed;
-        # the viewed memory is held by ``rec`` and ``grads`` for the whole batch)
-        rounded: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
-        held: list[torch.Tensor] = []
-
-        def stored(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.dtype == self.dtype:
-                return tensor
-            key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
-            if key not in rounded:
-                rounded[key] = tensor.to(self.dtype)
-                held.append(tensor)  # its memory stays taken (and its key unique) until the batch is done
-            return rounded[key]
-
-        for slot in group.dense:
-            if slot.index in group.factored:
-                terms = []
-                for use in slot.uses:
-                    for call in rec.calls.get(id(use.module), []):
-                        per_logit = [g.get(call.key) for g in grads]
-                        if all(go is None for go in per_logit):
-                            continue
-                        some = next(go for go in per_logit if go is not None)
-                        lefts = [factors_of(use, call, go if go is not None else torch.zeros_like(some), size)[0]
-                                 for go in per_logit]
-                        right = factors_of(use, call, some, size)[1]
-                        terms.append((lefts, right))
-                kept = [([stored(x) for x in lefts], stored(right)) for lefts, right in terms]
-                piece = FactorBatch(local, size, kept)
-                if self.twin is not None and self.plan.store_sign:
-                    exact = FactorBatch(local, size, terms)
-                    for c in range(C):
-                        signs = self._form(exact, c, slot, "formed_twin").sign()
-                        wrong = (signs != self._form(piece, c, slot).sign()).view(-1).nonzero().squeeze(1)
-                        piece.fixes.append((wrong, signs.view(-1)[wrong].to(self.dtype)))
-                        self.stats["sign_fixes"] = self.stats.get("sign_fixes", 0) + wrong.numel()
-                factors[slot.index].append(piece)
-                continue
-            offset = group.stored_offsets[slot.index]
-            columns = slice(offset, offset + slot.numel)
-            for c in range(C):
-                at = slice(c * A + local, c * A + local + size)
-                dtype = self.twin.model_dtype if self.twin else self.dtype
-                exact_rows = self._scratch("store", size, slot.numel, dtype)
-                self._fill_dense([slot], rec, grads[c], fallback, fb_offsets, exact_rows, slot.offset, c)
-                if dense is not None:
-                    dense[at, columns].copy_(exact_rows)
-                if dense_sign is not None:
-                    dense_sign[at, columns].copy_(exact_rows.sign_())
-
-    def _form(self, piece: FactorBatch, c: int, slot: Slot, name: str = "formed_piece") -> torch.Tensor:
-        """Logit ``c``'s gradients of ``slot`` for the examples of ``piece``, formed from its factors.
-
-        ``[size, numel]`` in a work buffer ``name`` (overwritten by the next call); always the same
-        operations on the same tensors, so the same numbers whenever a piece is formed.
-        """
-        m, n = slot.tensor.shape
-        dtype = piece.terms[0][1].dtype if piece.terms else self.dtype
-        formed = self._scratch(name, piece.size, slot.numel, dtype)
-        view = formed.view(piece.size, m, n)
-        if not piece.terms:
-            view.zero_()
-        for k, (lefts, right) in enumerate(piece.terms):
-            view.baddbmm_(lefts[c].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
-        return formed
-
-    def _stored_columns(
-        self, group: Group, stored: Stored, segment: Segment, variants: set[bool]
-    ) -> dict[bool, torch.Tensor]:
-        """The stored side's columns of ``segment`` (``[C * A, columns]``), raw and/or signed, per variant.
-
-        Without factored slots these are views of the stored buffers. Otherwise a factored slot's
-        columns are formed again from its factors (``left_c^T @ right`` per example, summed over the
-        calls; signs corrected by the piece's fixes, see `_store_factored`) and the others are
-        copied, into work buffers kept across batches.
-        """
-        if not group.factored:
-            return {v: stored.variant(v)[:, segment.start : segment.stop] for v in variants}
-        t = now()
-        rows, cols, A = self.num_outputs * stored.size, segment.stop - segment.start, stored.size
-        out = {v: self._scratch(f"formed_{v}", rows, cols, self.dtype) for v in variants}
-        for slot in segment.slots:
-            lo = slot.offset - segment.start
-            columns = slice(lo, lo + slot.numel)
-            if slot.index not in group.factored:
-                offset = group.stored_offsets[slot.index]
-                for v, target in out.items():
-                    target[:, columns].copy_(stored.variant(v)[:, offset : offset + slot.numel])
-                continue
-            for piece in stored.factors[slot.index]:
-                for c in range(self.num_outputs):
-                    at = slice(c * A + piece.first, c * A + piece.first + piece.size)
-                    formed = self._form(piece, c, slot)
-                    if False in out:
-                        out[False][at, columns].copy_(formed)
-                    if True in out:  # the signs, formed in place after the raw copy
-                        torch.sign(formed, out=formed)
-                        if piece.fixes:
-                            wrong, fixed = piece.fixes[c]
-                            formed.view(-1).index_copy_(0, wrong, fixed)
-                        out[True][at, columns].copy_(formed)
-        self._tick("formed", t)
-        return out
 
     # ------------------------------------------------------------------ stream
     def _stream(
@@ -510,8 +381,3 @@ class PassOps:
             sparse_join(rows, rows, blocks, max_pairs)
         self._tick("contract", t)
         return blocks
-
-
-def now() -> tuple[float, float]:
-    """(wall clock, process CPU time) in seconds."""
-    return time.perf_counter(), time.process_time()
