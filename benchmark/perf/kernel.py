@@ -9,6 +9,8 @@ sub-block and the ratio to the measured one-pass floor. Unless ``--ref-full``, t
 timed on the first ``--ref-eval`` and on a quarter as many evaluation examples and extrapolated
 to ``--n-eval`` along the line through the two (said so in the output). On the CPU with a small
 model it ends with an estimate for roberta-base on 16-shot SST-2. Timings are printed, never asserted.
+With ``--plan-only`` it prints the fast strategy's plan for the sizes (passes, the stored
+representation, the budget's shares) after a probe, and computes nothing.
 """
 
 from __future__ import annotations
