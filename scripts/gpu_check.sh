@@ -2,8 +2,10 @@
 # Every GPU number issue 13 asks for, in one call of at most ~9 minutes on one GPU (an H200 here).
 #
 #   scripts/gpu_wheels.sh                    # here, with PyPI: the wheels the GPU image lacks -> .whl/
-#   bash scripts/gpu_check.sh                # there, in the repo root (device call: carry [".whl"])
-#   GPU_CHECK_DRY=1 GPU_CHECK_WHEELS=/tmp/whl311 bash scripts/gpu_check.sh   # the same steps on the CPU, tiny
+#   bash scripts/gpu_check.sh                # there, in the repo root (carry [".whl"], timeout_s 600)
+#   GPU_CHECK_DRY=1 bash scripts/gpu_check.sh   # the same steps on the CPU at tiny sizes; with the wheels
+#     for this machine's Python: GPU_PY=3.11 GPU_WHL=/tmp/whl311 scripts/gpu_wheels.sh, then
+#     GPU_CHECK_WHEELS=/tmp/whl311 GPU_CHECK_SITE=/tmp/site311 (without: the installed packages)
 #
 # It installs the wheels of $GPU_CHECK_WHEELS (default .whl, if there) into $GPU_CHECK_SITE (default
 # /tmp/site), puts the checkout and that folder on PYTHONPATH (the suite is not installed there) and
@@ -18,12 +20,15 @@
 #   run-ft     the same with ft-adam, 200 steps (~20-40 s, cap 75)
 #   deepspeed  ft-adam under --launcher deepspeed --num-gpus 1 (ZeRO-2; NCCL, NCCL_DEBUG=INFO shows its
 #              init) into the same store (~40-70 s, cap 100)
+#   mlflow     the store's three runs: status, launcher, world size, device, dev/test accuracy (~5 s, cap 30)
 #   perf-64    bench perf kernel, roberta-base shape, 64-shot: 128 x 1,128, sgd,asym, reference measured
 #              on 4 and 16 eval examples and extrapolated (~120-220 s: the reference's cost is per
 #              training example, ~4x the 16-shot one; gets what is left, ~200 s). Last, because it is
 #              the longest: the fast strategy, its floor and its float64 error print before the
 #              reference starts, so a timeout loses only the reference (GPU_CHECK_REF64=--no-reference
 #              skips it).
+# The estimates scale the earlier H200 run (4.42M model: reference 105 s for 32 x 1,000 sgd+asym, ~17 ms
+# per jvp over one eval batch, launch-bound) by roberta-base's 6x layers; none is measured yet.
 # The reference's extrapolation uses eval subsets that fill one or two eval batches; where the GPU is
 # launch-bound per batch that underestimates the reference's time (the speed-up is then a lower bound).
 # Logs: $OUT (or ./gpu-check): device.txt, pytest.txt, perf-16.txt, run.txt (both runs and the store's
@@ -39,6 +44,9 @@ site=${GPU_CHECK_SITE:-/tmp/site}
 store=${GPU_CHECK_STORE:-/tmp/gpu-check-mlruns}
 deadline=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# DeepSpeed JIT-builds ops (on the CPU its shared-memory comm op) from the sources it is imported from:
+# the carried copy's builds go to their own folder, not ~/.cache/torch_extensions (an installed copy's)
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/gpu-check-torch-extensions}
 helpers=$(mktemp -d)
 trap 'rm -rf "$helpers"' EXIT
 # a fresh split / kernel cache, so that the kernel method computes its kernels in this run
@@ -47,13 +55,11 @@ export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true KERNEL_BENCH_CACHE=${KERN
 if [ "$dry" = 1 ]; then
   dev=cpu
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
-  # DeepSpeed on the CPU JIT-builds its shared-memory comm op from the sources it is imported from: the
-  # carried copy's build goes to its own folder, not ~/.cache/torch_extensions (the installed copy's)
-  export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/gpu-check-torch-extensions}
   P16=(--preset small --n-train 4 --n-eval 8 --formulas sgd,signgd,asym --ref-eval 4 --error-sub 2)
   P64=(--preset small --n-train 8 --n-eval 12 --formulas sgd,asym --ref-eval 4 --error-sub 2)
   RUN=(--test-cap 32)
   FT=(--opt steps=4 --opt eval_every=2)
+  ds_cap=240  # DeepSpeed on the CPU first JIT-builds its shared-memory op (~1-2 min on a busy 2-core machine)
 else
   dev=cuda
   unset DS_ACCELERATOR  # DeepSpeed finds the GPU itself (and then talks NCCL)
@@ -61,6 +67,7 @@ else
   P64=(--preset roberta-base --n-train 128 --n-eval 1128 --formulas sgd,asym --ref-eval 16)
   RUN=()
   FT=(--opt steps=200 --opt eval_every=100)
+  ds_cap=100
 fi
 read -r -a REF64 <<<"${GPU_CHECK_REF64:-}"
 
@@ -157,7 +164,7 @@ common=(--task mr --backbone bert-tiny --data-dir bundled --seed 13 --device "$d
   --experiment gpu-check "${RUN[@]}")
 step run-ntk 75 run.txt "${bench[@]}" run --method ntk-sgd "${common[@]}"
 step run-ft 75 run.txt "${bench[@]}" run --method ft-adam "${common[@]}" "${FT[@]}"
-step deepspeed 100 deepspeed.txt env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT \
+step deepspeed "$ds_cap" deepspeed.txt env NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT \
   "${bench[@]}" run --method ft-adam "${common[@]}" "${FT[@]}" --launcher deepspeed --num-gpus 1
 if [ "$dry" != 1 ]; then
   if grep -qE "NCCL INFO|backend nccl" "$out/deepspeed.txt"; then
