@@ -166,7 +166,8 @@ def get_or_create_experiment(client: Any, uri: str, name: str) -> str:
 
 @cache
 def code_version() -> str:
-    """The git commit of the suite's checkout (with ``-dirty``), or the package version."""
+    """The git commit of the suite's checkout (with ``-dirty``), or the package version, or ``unknown``
+    (a copy of the checkout without ``.git`` run from ``PYTHONPATH``, as on the GPU machine)."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
@@ -178,9 +179,12 @@ def code_version() -> str:
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
-        return version("kernel-bench")
+        try:
+            return version("kernel-bench")
+        except PackageNotFoundError:
+            return "unknown"
 
 
 class Tracker:

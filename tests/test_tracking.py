@@ -51,3 +51,25 @@ def test_attach_logs_into_the_same_run(tmp_path: Path) -> None:
     NullTracker().log_metrics({"dev_acc": 0.0})
     runs = MlflowClient(tracking_uri=uri).search_runs([parent.experiment_id])
     assert len(runs) == 1 and runs[0].data.metrics == {"dev_acc": 0.75}
+
+
+def test_code_version_without_git_or_installed_package(monkeypatch) -> None:
+    """A copy of the checkout without .git, run from PYTHONPATH (the GPU machine): 'unknown', no crash."""
+    import importlib.metadata
+    import subprocess
+
+    from benchmark import tracking
+
+    def no_git(*args, **kwargs):
+        raise subprocess.CalledProcessError(128, args[0])
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    tracking.code_version.cache_clear()
+    try:
+        assert tracking.code_version() == "unknown"
+    finally:
+        tracking.code_version.cache_clear()
