@@ -67,24 +67,10 @@ class FactorOps:
         """
         C = self.num_outputs
         assert self.plan is not None
-        # rounded copies, one per viewed memory: a query, key and value projection's input is rounded once
-        # (keyed by where the view lies, not by the view object, whose id is reused once it is freed;
-        # the viewed memory is held by ``rec`` and ``grads`` for the whole batch)
-        rounded: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
-        held: list[torch.Tensor] = []
-
-        def stored(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.dtype == self.dtype:
-                return tensor
-            key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
-            if key not in rounded:
-                rounded[key] = tensor.to(self.dtype)
-                held.append(tensor)  # its memory stays taken (and its key unique) until the batch is done
-            return rounded[key]
-
+        terms_of: dict[int, list[tuple[list[torch.Tensor], torch.Tensor]]] = {}
         for slot in group.dense:
             if slot.index in group.factored:
-                terms = []
+                terms_of[slot.index] = terms = []
                 for use in slot.uses:
                     for call in rec.calls.get(id(use.module), []):
                         per_logit = [g.get(call.key) for g in grads]
@@ -95,13 +81,20 @@ class FactorOps:
                                  for go in per_logit]
                         right = factors_of(use, call, some, size)[1]
                         terms.append((lefts, right))
-                kept = [([stored(x) for x in lefts], stored(right)) for lefts, right in terms]
-                piece = FactorBatch(local, size, kept)
+        kept_of = self._rounded(terms_of)
+        for slot in group.dense:
+            if slot.index in group.factored:
+                piece = FactorBatch(local, size, kept_of[slot.index])
                 if self.twin is not None and self.plan.store_sign:
-                    exact = FactorBatch(local, size, terms)
-                    for c in range(C):
-                        signs = self._form(exact, c, slot, "formed_twin").sign()
-                        wrong = (signs != self._form(piece, c, slot).sign()).view(-1).nonzero().squeeze(1)
+                    exact = FactorBatch(local, size, terms_of[slot.index])
+                    for c in range(C):  # in work buffers: no large short-lived allocations between the factors
+                        signs = self._form(exact, c, slot, "formed_twin")
+                        torch.sign(signs, out=signs)
+                        formed = self._form(piece, c, slot)
+                        torch.sign(formed, out=formed)
+                        differ = self._scratch("formed_differ", size, slot.numel, torch.bool)
+                        torch.ne(signs, formed, out=differ)
+                        wrong = differ.view(-1).nonzero().squeeze(1)
                         piece.fixes.append((wrong, signs.view(-1)[wrong].to(self.dtype)))
                         self.stats["sign_fixes"] = self.stats.get("sign_fixes", 0) + wrong.numel()
                 factors[slot.index].append(piece)
@@ -117,6 +110,39 @@ class FactorOps:
                     dense[at, columns].copy_(exact_rows)
                 if dense_sign is not None:
                     dense_sign[at, columns].copy_(exact_rows.sign_())
+
+    def _rounded(
+        self, terms_of: dict[int, list[tuple[list[torch.Tensor], torch.Tensor]]]
+    ) -> dict[int, list[tuple[list[torch.Tensor], torch.Tensor]]]:
+        """The factors in the model's precision (the float64 twin's rounded), in one allocation per batch.
+
+        Each viewed memory is rounded once (a query, key and value projection's input is one),
+        keyed by where the view lies (a view object's id is reused once it is freed; the viewed
+        memory is held by the batch's records). One flat buffer, rather than a copy per factor,
+        keeps the long-lived factors from scattering through the heap between the batch's
+        short-lived float64 buffers (which then could not be given back to the system).
+        """
+        tensors = [t for terms in terms_of.values() for lefts, right in terms for t in (*lefts, right)]
+        if all(t.dtype == self.dtype for t in tensors):
+            return terms_of
+        at: dict[tuple[int, tuple[int, ...], tuple[int, ...]], tuple[int, torch.Tensor]] = {}
+        total = 0
+        for t in tensors:
+            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+            if key not in at:
+                at[key] = (total, t)
+                total += t.numel()
+        flat = torch.empty(total, dtype=self.dtype, device=tensors[0].device)
+        copies = {}
+        for key, (offset, t) in at.items():
+            copies[key] = flat[offset : offset + t.numel()].view(t.shape)
+            copies[key].copy_(t)
+
+        def copy_of(t: torch.Tensor) -> torch.Tensor:
+            return copies[(t.data_ptr(), tuple(t.shape), tuple(t.stride()))]
+
+        return {index: [([copy_of(x) for x in lefts], copy_of(right)) for lefts, right in terms]
+                for index, terms in terms_of.items()}
 
     def _form(self, piece: FactorBatch, c: int, slot: Slot, name: str = "formed_piece") -> torch.Tensor:
         """Logit ``c``'s gradients of ``slot`` for the examples of ``piece``, formed from its factors.
