@@ -76,6 +76,7 @@ from benchmark.kernels.batches import Examples, accepted_keys, differentiable, p
 from benchmark.kernels.clock import now
 from benchmark.kernels.distributed import Ranks, dist_info, sum_over_ranks
 from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
+from benchmark.kernels.memory import release_free_memory
 from benchmark.kernels.params import SelectedTensor
 from benchmark.kernels.passes import PassOps
 from benchmark.kernels.per_example import (
@@ -354,6 +355,8 @@ class FastKernelEngine(PassOps):
                 for first, size, block_of in self._stream_unit(group, stored, unit, self.combos, max_pairs):
                     for combo in self.combos:
                         place(out[combo], block_of(combo), stored.start, stored.size, first, size, C)
+                if self.device.type == "cpu":
+                    release_free_memory()  # the unit's held records are freed between long-lived buffers
                 continue
             for first, piece in unit:
                 blocks = self._stream(group, stored, piece, self.combos, max_pairs, pending, first)

@@ -127,3 +127,30 @@ class PeakMemory:
                 self._thread.join()
             self._peak = max(self._peak, _rss_bytes())
             self.peak_bytes = self._peak - self._start
+
+
+def _libc() -> object | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return lib if lib is not None and hasattr(lib, "malloc_trim") else None
+
+
+_LIBC = _libc() if os.name == "posix" else None
+
+
+def release_free_memory() -> None:
+    """Give the host allocator's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Long-lived buffers (the stored side) allocated between a batch's short-lived activations pin
+    the heap, so that the freed activations' pages stay resident and the process grows by about
+    a batch's activations per stored batch; trimming after each batch keeps the resident size to
+    what is in use.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)  # type: ignore[attr-defined]

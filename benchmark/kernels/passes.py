@@ -19,6 +19,7 @@ from benchmark.kernels.batches import Examples
 from benchmark.kernels.clock import now
 from benchmark.kernels.factored import FactorOps
 from benchmark.kernels.layout import FactorBatch, Group, Pending, Segment, Stored, Twin, place
+from benchmark.kernels.memory import release_free_memory
 from benchmark.kernels.per_example import (
     Slot,
     SparseRows,
@@ -195,6 +196,8 @@ class PassOps(FactorOps):
                 )
             self._tick("per_example", t)
             del rec, grads, fallback
+            if self.device.type == "cpu":
+                release_free_memory()
             self._advance(size)
         t = now()
         sparse = {}
