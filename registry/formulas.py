@@ -109,6 +109,11 @@ def get_formula(name: str) -> Formula:
         raise
 
 
+def sign_combos(formulas: list[Formula]) -> tuple[tuple[bool, bool], ...]:
+    """The distinct (sign on a, sign on b) products ``formulas`` need, in order of first use."""
+    return tuple(dict.fromkeys(combo for f in formulas for combo in f.combos))
+
+
 register_formula(Formula(
     name="sgd", outputs=(KernelOutput(name="kernel", sign_a=False, sign_b=False),),
     summary="K_SGD = <grad f(x), grad f(x')>",

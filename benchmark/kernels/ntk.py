@@ -35,7 +35,7 @@ from benchmark.kernels.batches import prepare
 from benchmark.kernels.params import ParamsSpec, select_parameters
 from benchmark.kernels.strategies import STRATEGIES, KernelArgs, compute
 from registry import BenchError
-from registry.formulas import FORMULAS, Formula, get_formula
+from registry.formulas import FORMULAS, Formula, get_formula, sign_combos
 
 Batch = Mapping[str, Any]
 
@@ -124,7 +124,7 @@ def empirical_ntks(
     if not batches_a:
         raise BenchError("the kernel needs at least one batch of examples on the first side")
     selection = select_parameters(model, params)
-    combos = tuple(dict.fromkeys(combo for f in chosen for combo in f.combos))
+    combos = sign_combos(chosen)
     raw = compute(strategy, model, selection, batches_a, targets, combos, args)
     return {name: {f.name: formula_value(f, per_combo) for f in chosen} for name, per_combo in raw.items()}
 

@@ -10,8 +10,6 @@ import torch
 
 from benchmark.perf.timing import gib
 
-SIGN_COMBINATIONS = {"sgd": ("ff",), "signgd": ("tt",), "asym": ("tf", "ft")}
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -31,11 +29,6 @@ class Shape:
 
 
 ROBERTA_BASE = Shape(dense=85_648_896, hidden=768, layers=12)  # encoder + LM-head dense, no embeddings
-
-
-def sign_combinations(formulas: list[str]) -> int:
-    """How many distinct (sign on a, sign on b) products the formulas need."""
-    return len({c for f in formulas for c in SIGN_COMBINATIONS.get(f, ("ff",))})
 
 
 def roberta_base_estimate(

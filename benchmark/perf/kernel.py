@@ -22,12 +22,13 @@ import torch
 
 from benchmark.kernels import default_budget, empirical_ntks, normalize_formula, parse_bytes
 from benchmark.perf.agreement import agreement
-from benchmark.perf.estimate import Shape, roberta_base_estimate, sign_combinations
+from benchmark.perf.estimate import Shape, roberta_base_estimate
 from benchmark.perf.floor import float64_error, one_pass_floor
 from benchmark.perf.inputs import first_examples, local_model, make_batches, param_counts, preset_model
 from benchmark.perf.options import KernelBenchOptions
 from benchmark.perf.timing import Measured, gib, measure, ratio
 from registry import BenchError
+from registry.formulas import get_formula, sign_combos
 
 PHASES = ("probe", "forward", "backward", "per_example", "fallback")
 
@@ -105,7 +106,7 @@ def run_kernel_bench(options: KernelBenchOptions, echo: Callable[[str], None] = 
     elif device.type == "cpu":
         bench = Shape(dense, hidden, int(mlm.config.num_hidden_layers))
         echo(roberta_base_estimate(stats, bench, options.n_train, options.n_eval, options.seq_len, C,
-                                   sign_combinations(formulas), budget))
+                                   len(sign_combos([get_formula(f) for f in formulas])), budget))
     else:  # a small model leaves a GPU launch-bound: its per-FLOP costs say nothing about roberta-base
         echo("estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
              "are launch-bound)")
@@ -141,9 +142,7 @@ def _report_plan(echo: Callable[[str], None], model: torch.nn.Module, train: lis
     """Probe and plan as the fast strategy would, and print the plan (nothing is computed)."""
     from benchmark.kernels import select_parameters
     from benchmark.kernels.fast import FastKernelEngine
-    from registry.formulas import get_formula
-
-    combos = list(dict.fromkeys(combo for name in formulas for combo in get_formula(name).combos))
+    combos = sign_combos([get_formula(name) for name in formulas])
     engine = FastKernelEngine(model, select_parameters(model, params), combos, memory_budget=budget, stats=stats)
     engine.run(train, {"eval": evals}, plan_only=True)
     plan = engine.plan
