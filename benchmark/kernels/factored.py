@@ -38,8 +38,9 @@ class FactorOps:
     def _scratch(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
-    def _fill_dense(self, slots: list[Slot], rec: Any, grads: dict[int, torch.Tensor], fallback: torch.Tensor | None,
-                    fb_offsets: dict[int, int], target: torch.Tensor, base: int, c: int) -> None:
+    def _store_rows(self, slots: list[Slot], base: int, columns: slice, at: slice, rec: Any,
+                    grads: dict[int, torch.Tensor], fallback: torch.Tensor | None, fb_offsets: dict[int, int],
+                    dense: torch.Tensor | None, dense_sign: torch.Tensor | None, c: int) -> None:
         raise NotImplementedError
 
     def _store_factored(
@@ -100,16 +101,10 @@ class FactorOps:
                 factors[slot.index].append(piece)
                 continue
             offset = group.stored_offsets[slot.index]
-            columns = slice(offset, offset + slot.numel)
             for c in range(C):
-                at = slice(c * A + local, c * A + local + size)
-                dtype = self.twin.model_dtype if self.twin else self.dtype
-                exact_rows = self._scratch("store", size, slot.numel, dtype)
-                self._fill_dense([slot], rec, grads[c], fallback, fb_offsets, exact_rows, slot.offset, c)
-                if dense is not None:
-                    dense[at, columns].copy_(exact_rows)
-                if dense_sign is not None:
-                    dense_sign[at, columns].copy_(exact_rows.sign_())
+                self._store_rows([slot], slot.offset, slice(offset, offset + slot.numel),
+                                 slice(c * A + local, c * A + local + size), rec, grads[c], fallback, fb_offsets,
+                                 dense, dense_sign, c)
 
     def _rounded(
         self, terms_of: dict[int, list[tuple[list[torch.Tensor], torch.Tensor]]]

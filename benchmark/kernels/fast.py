@@ -351,19 +351,18 @@ class FastKernelEngine(PassOps):
             if not self._mine(key):
                 self._advance(sum(batch_size(piece) for _, piece in unit))
                 continue
-            if wide:
+            if pending is None:  # a unit of several batches when wide, else of one
                 for first, size, block_of in self._stream_unit(group, stored, unit, self.combos, max_pairs):
                     for combo in self.combos:
                         place(out[combo], block_of(combo), stored.start, stored.size, first, size, C)
-                if self.device.type == "cpu":
+                if wide and self.device.type == "cpu":
                     release_free_memory()  # the unit's held records are freed between long-lived buffers
                 continue
             for first, piece in unit:
                 blocks = self._stream(group, stored, piece, self.combos, max_pairs, pending, first)
                 for combo, block in blocks.items():
                     place(out[combo], block, stored.start, stored.size, first, batch_size(piece), C)
-            if pending is not None:
-                self._flush(group, pending, stored, out, stored.start)
+            self._flush(group, pending, stored, out, stored.start)
 
     def _self_blocks(
         self,

@@ -174,22 +174,15 @@ class PassOps(FactorOps):
             if group.factored:
                 self._store_factored(work_group, rec, grads, fallback, fb_offsets, dense, dense_sign, factors,
                                      local, size, A)
-            for c in range(C if not group.factored else 0):
-                at = slice(c * A + local, c * A + local + size)
-                if direct:
-                    self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
-                    continue
-                # computed in the model's precision (float64 with a twin), then rounded and/or signed
-                for segment in work_group.segments:  # one segment at a time: the scratch stays small
-                    cols = slice(segment.start, segment.stop)
-                    dtype = twin.model_dtype if twin else self.dtype
-                    exact = self._scratch("store", size, segment.stop - segment.start, dtype)
-                    self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, exact, segment.start, c)
-                    if dense is not None:
-                        dense[at, cols].copy_(exact)
-                    if dense_sign is not None:
-                        dense_sign[at, cols].copy_(exact.sign_())
-                    del exact
+            else:
+                for c in range(C):
+                    at = slice(c * A + local, c * A + local + size)
+                    if direct:
+                        self._fill_dense(work_group.dense, rec, grads[c], fallback, fb_offsets, dense[at], 0, c)  # type: ignore[index]
+                        continue
+                    for segment in work_group.segments:  # one segment at a time: the scratch stays small
+                        self._store_rows(segment.slots, segment.start, slice(segment.start, segment.stop), at, rec,
+                                         grads[c], fallback, fb_offsets, dense, dense_sign, c)
             for slot in work_group.sparse:
                 parts[slot.index] += self._sparse_rows(
                     slot, rec, grads, size, lambda c, r, local=local: r + c * A + local
@@ -216,6 +209,31 @@ class PassOps(FactorOps):
         return Stored(start, stop, dense, dense_sign, sparse, factors)
 
 
+    def _store_rows(
+        self,
+        slots: list[Slot],
+        base: int,
+        columns: slice,
+        at: slice,
+        rec: Any,
+        grads: dict[int, torch.Tensor],
+        fallback: torch.Tensor | None,
+        fb_offsets: dict[int, int],
+        dense: torch.Tensor | None,
+        dense_sign: torch.Tensor | None,
+        c: int,
+    ) -> None:
+        """Logit ``c``'s gradients of ``slots`` (the group's columns from ``base``) into rows ``at`` and
+        ``columns`` of the stored buffers: computed in the model's precision (float64 with a twin) in a
+        work buffer, then rounded and/or signed."""
+        dtype = self.twin.model_dtype if self.twin else self.dtype
+        exact = self._scratch("store", at.stop - at.start, columns.stop - columns.start, dtype)
+        self._fill_dense(slots, rec, grads, fallback, fb_offsets, exact, base, c)
+        if dense is not None:
+            dense[at, columns].copy_(exact)
+        if dense_sign is not None:
+            dense_sign[at, columns].copy_(exact.sign_())
+
     # ------------------------------------------------------------------ stream
     def _stream(
         self,
@@ -231,51 +249,42 @@ class PassOps(FactorOps):
 
         With ``pending`` (a group of one segment), the dense gradients are only written into its
         buffer, to be multiplied later together with other batches' (`_flush`); the blocks then hold
-        the sparse part only.
+        the sparse part only. Without, this is `_stream_unit` of the one batch.
         """
+        if pending is None:
+            ((_, _, block_of),) = self._stream_unit(group, stored, [(first, batch)], combos, max_pairs)
+            return {combo: block_of(combo) for combo in combos}
         C, size = self.num_outputs, batch_size(batch)
         rec, grads, fallback = self._backward(group, batch)
         blocks = {
             combo: torch.zeros(C * stored.size, C * size, dtype=torch.float64, device=self.device) for combo in combos
         }
+        t = now()
+        segment = group.segments[0]
         fb_offsets = self._fb_offsets(group)
-        need_sign = any(y for _, y in combos)
-        if pending is not None:
-            t = now()
-            segment = group.segments[0]
-            rows = pending.work[pending.used : pending.used + C * size]
-            for c in range(C):
-                target = rows[c * size : (c + 1) * size]
-                self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, target, segment.start, c)
-            pending.pieces.append((first, size, pending.used))
-            pending.used += C * size
-            self._tick("per_example", t)
-        variants = {x for x, _ in combos}
-        for segment in group.segments if pending is None else []:
-            stored_cols = self._stored_columns(group, stored, segment, variants)
-            t = now()
-            cols = segment.stop - segment.start
-            work = self._scratch("stream", C * size, cols, self.dtype)
-            for c in range(C):
-                self._fill_dense(
-                    segment.slots,
-                    rec,
-                    grads[c],
-                    fallback,
-                    fb_offsets,
-                    work[c * size : (c + 1) * size],
-                    segment.start,
-                    c,
-                )
-            work_sign = (
-                torch.sign(work, out=self._scratch("stream_sign", C * size, cols, self.dtype)) if need_sign else None
-            )
-            t = self._tick("per_example", t)
-            for x, y in combos:
-                right = work_sign if y else work
-                accumulate(blocks[(x, y)], stored_cols[x], right)  # type: ignore[arg-type]
-            self._tick("contract", t)
-            del work, work_sign
+        rows = pending.work[pending.used : pending.used + C * size]
+        for c in range(C):
+            target = rows[c * size : (c + 1) * size]
+            self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, target, segment.start, c)
+        pending.pieces.append((first, size, pending.used))
+        pending.used += C * size
+        self._tick("per_example", t)
+        self._contract_sparse(group, stored, rec, grads, size, blocks, max_pairs)
+        self._advance(size)
+        return blocks
+
+    def _contract_sparse(
+        self,
+        group: Group,
+        stored: Stored,
+        rec: Any,
+        grads: list[dict[int, torch.Tensor]],
+        size: int,
+        blocks: dict[Combo, torch.Tensor],
+        max_pairs: int,
+    ) -> None:
+        """Add one streamed batch's row-sparse tensors into its ``[C * A, C * size]`` ``blocks`` (joined on row id)."""
+        C = self.num_outputs
         for slot in group.sparse:
             t = now()
             items = self._sparse_rows(slot, rec, grads, size, lambda c, r: r + c * size)
@@ -285,8 +294,6 @@ class PassOps(FactorOps):
                 t = self._tick("per_example", t)
                 sparse_join(stored.sparse[slot.index], stream, blocks, max_pairs)
                 self._tick("contract", t)
-        self._advance(size)
-        return blocks
 
     def _stream_unit(
         self, group: Group, stored: Stored, unit: list[tuple[int, dict[str, Any]]], combos: list[Combo], max_pairs: int
@@ -329,16 +336,8 @@ class PassOps(FactorOps):
                 accumulate(wide[(x, y)], stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]
             self._tick("contract", t)
         for _, size, at, rec, grads, _ in held:
-            for slot in group.sparse:
-                t = now()
-                items = self._sparse_rows(slot, rec, grads, size, lambda c, r, size=size: r + c * size)
-                if items:
-                    rows, ids, values = (torch.cat(x) for x in zip(*items, strict=True))
-                    stream = SparseRows.build(rows, ids, values, C * size)
-                    t = self._tick("per_example", t)
-                    views = {combo: block[:, at : at + C * size] for combo, block in wide.items()}
-                    sparse_join(stored.sparse[slot.index], stream, views, max_pairs)
-                    self._tick("contract", t)
+            views = {combo: block[:, at : at + C * size] for combo, block in wide.items()}
+            self._contract_sparse(group, stored, rec, grads, size, views, max_pairs)
             self._advance(size)
         return [(first, size, lambda combo, at=at, size=size: wide[combo][:, at : at + C * size])
                 for first, size, at, *_ in held]
