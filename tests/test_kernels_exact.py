@@ -152,6 +152,27 @@ def test_blocked_products_match_float64_and_keep_sign_sums_exact() -> None:
         accumulate(out, left, right[:, 1:])
 
 
+def test_sign_products_are_exact_integers_and_either_operand_order_agrees() -> None:
+    """int8 x int8 products (integer sums on the CPU) equal the int64 product exactly; a float side
+    against an int8 side, and a wider right operand (multiplied first), agree with float64 sums."""
+    g = torch.Generator().manual_seed(1)
+    cols = 3 * 2**12 + 5  # a partial last block
+    left = torch.randn(3, cols, generator=g)
+    right = torch.randn(7, cols, generator=g)
+    left[0, :10] = 0  # zero signs stay zero
+    left_sign, right_sign = torch.sign(left).to(torch.int8), torch.sign(right).to(torch.int8)
+    exact = left_sign.long() @ right_sign.long().t()
+    assert torch.equal(product(left_sign, right_sign), exact.double())
+    assert torch.equal(product(right_sign, left_sign), exact.t().double())
+    strided_left, strided_right = left_sign[:, ::2], right_sign[:, ::2]
+    assert torch.equal(product(strided_left, strided_right), (strided_left.long() @ strided_right.long().t()).double())
+    for x, y in ((left, right), (right, left), (left_sign, right), (left, right_sign), (right_sign, left)):
+        expected = x.double() @ y.double().t()
+        got = product(x, y)
+        assert got.shape == expected.shape and got.dtype == torch.float64
+        assert _relative(got, expected) < 1e-6, (x.dtype, y.dtype, x.shape)
+
+
 def test_sign_only_formula_stores_int8_signs_only(models) -> None:
     """``signgd`` alone keeps one byte per stored entry and gives the kernel of explicit gradients."""
     _, m64 = models
@@ -215,3 +236,30 @@ def test_factored_signs_are_those_of_float64_gradients() -> None:
     loose = FastKernelEngine(model, select_parameters(model), asym, memory_budget=2**30, overrides={"factors": 1},
                              exact_signs=False).run(a, {"ab": b})["ab"]
     assert _relative(loose[(True, False)], exact["asym"].kernel) > 1e-2
+
+
+def test_live_tokens_trim_padding_and_the_linear_rule_gives_the_batched_gradient() -> None:
+    """Tokens whose output gradient is zero (padding) are left out of an example's ``go^T a``, exactly."""
+    from benchmark.kernels.grad_rules import grad_rule, live_tokens
+    from benchmark.kernels.per_example import Call, Use
+
+    g = torch.Generator().manual_seed(3)
+    go = torch.randn(3, 8, 5, generator=g, dtype=torch.float64)
+    go[0, 6:] = 0  # right padding
+    go[1, :2] = 0  # left padding
+    go[1, 5:] = 0
+    go[2] = 0  # no live token at all
+    assert live_tokens([go]) == [(0, 6), (2, 5), (0, 0)]
+    other = torch.zeros_like(go)
+    other[2, 7] = 1.0  # the union over the logits' gradients
+    assert live_tokens([go, other]) == [(0, 6), (2, 5), (7, 8)]
+    assert live_tokens([torch.randn(3, 8, 5, generator=g)]) is None  # nothing to trim
+    layer = torch.nn.Linear(4, 5).double()
+    act = torch.randn(3, 8, 4, generator=g, dtype=torch.float64)
+    use = Use(layer, grad_rule(layer), "weight")
+    expected = torch.einsum("btm,btn->bmn", go, act).reshape(3, -1)
+    for first, start in ((True, torch.full((3, 20), float("nan"), dtype=torch.float64)),
+                         (False, torch.ones(3, 20, dtype=torch.float64))):
+        target = start.clone()
+        use.rule.dense(layer, "weight", Call(act, None), go, target, first)
+        assert torch.allclose(target, expected + (0 if first else 1), rtol=1e-13, atol=1e-13)

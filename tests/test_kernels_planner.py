@@ -206,3 +206,23 @@ def test_factors_are_kept_only_when_their_estimated_work_is_smaller() -> None:
     chosen, raw_signs = plan(signs), plan(dataclasses.replace(signs, overrides={"factors": 0}))
     assert chosen.factored and chosen.passes == 1 < raw_signs.passes
     assert _cost(signs, chosen) < _cost(signs, raw_signs)
+
+
+def test_streamed_units_are_sized_from_the_measured_held_bytes() -> None:
+    """A unit holds each streamed example's inputs, outputs and output gradients as the probe measured them (the
+    streamed side runs the model itself: the float64 copy's doubled activations do not count there)."""
+    common = dict(n_a=32, targets=(1064,), tensors=_roberta_base_tensors(), longest=64, overrides={"factors": 1})
+    base = dataclasses.replace(_request(SGD, budget=8 * 2**30, **common), captured=2 * 42 * MiB,
+                               batch_sizes=(16,) * 4)
+    estimated = plan(base)  # from the recorded bytes: 2 * 84 MiB per example at C = 2
+    measured = plan(dataclasses.replace(base, held=84 * MiB))
+    assert measured.unit_rows > estimated.unit_rows
+    hold = max(0.0, measured.store_budget - 32 * sum(_factor_or_dense(base, t) for t in base.tensors))
+    hold += measured.act_budget  # the activations' share was halved for the unit
+    assert measured.unit_rows == 2 * min(128, int(hold // (84 * MiB)))
+
+
+def _factor_or_dense(r: Request, t: TensorSize) -> float:
+    from benchmark.kernels.planner import _dense_bytes, _factor_bytes
+
+    return min(_factor_bytes(r, t), _dense_bytes(r, t))

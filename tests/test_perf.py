@@ -34,7 +34,13 @@ def test_perf_kernel_reports_plan_floor_and_float64_error(monkeypatch, capsys) -
     assert _number(r"fast / floor = " + NUMBER + "x", out) > 0
     assert _number(r"error vs float64 on the first 2 x 2 block .*: sgd " + NUMBER, out) <= 1e-6
     assert "reference strategy" not in out
-    assert "estimate: roberta-base" in out  # the small preset extrapolates
+    assert "estimate: roberta-base" in out  # the small preset extrapolates, with roberta-base's own plan:
+    planned = _number(r"its plan under a 0.25 GiB budget: " + NUMBER + r" pass\(es\)", out)
+    code, plan_out, err = invoke(
+        ["perf", "kernel", "--preset", "roberta-base", "--n-train", "32", "--n-eval", "904", "--seq-len", "16",
+         "--formulas", "sgd,signgd", "--memory-budget", "256MiB", "--plan-only"], monkeypatch, capsys)
+    assert code == 0, err
+    assert planned == _number(NUMBER + r" pass\(es\), \d+ parameter group", plan_out) > 1
 
 
 def test_perf_kernel_plan_only_prints_the_factored_plan_and_computes_nothing(monkeypatch, capsys) -> None:

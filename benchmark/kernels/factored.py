@@ -18,7 +18,7 @@ import torch
 
 from benchmark.kernels.clock import now
 from benchmark.kernels.layout import FactorBatch, Group, Segment, Stored, Twin
-from benchmark.kernels.per_example import Slot, factors_of
+from benchmark.kernels.per_example import Slot, factors_of, live_tokens
 from benchmark.kernels.planner import Plan
 
 
@@ -85,20 +85,19 @@ class FactorOps:
         kept_of = self._rounded(terms_of)
         for slot in group.dense:
             if slot.index in group.factored:
-                piece = FactorBatch(local, size, kept_of[slot.index])
-                if self.twin is not None and self.plan.store_sign:
-                    exact = FactorBatch(local, size, terms_of[slot.index])
-                    for c in range(C):  # in work buffers: no large short-lived allocations between the factors
-                        signs = self._form(exact, c, slot, "formed_twin")
-                        torch.sign(signs, out=signs)
-                        formed = self._form(piece, c, slot)
-                        torch.sign(formed, out=formed)
-                        differ = self._scratch("formed_differ", size, slot.numel, torch.bool)
-                        torch.ne(signs, formed, out=differ)
-                        wrong = differ.view(-1).nonzero().squeeze(1)
-                        piece.fixes.append((wrong, signs.view(-1)[wrong].to(self.dtype)))
-                        self.stats["sign_fixes"] = self.stats.get("sign_fixes", 0) + wrong.numel()
-                factors[slot.index].append(piece)
+                for piece, exact in _pieces(local, size, kept_of[slot.index], terms_of[slot.index]):
+                    if self.twin is not None and self.plan.store_sign:
+                        for c in range(C):  # in work buffers: no large short-lived allocations between the factors
+                            signs = self._form(exact, c, slot, "formed_twin")
+                            torch.sign(signs, out=signs)
+                            formed = self._form(piece, c, slot)
+                            torch.sign(formed, out=formed)
+                            differ = self._scratch("formed_differ", piece.size, slot.numel, torch.bool)
+                            torch.ne(signs, formed, out=differ)
+                            wrong = differ.view(-1).nonzero().squeeze(1)
+                            piece.fixes.append((wrong, signs.view(-1)[wrong].to(self.dtype)))
+                            self.stats["sign_fixes"] = self.stats.get("sign_fixes", 0) + wrong.numel()
+                    factors[slot.index].append(piece)
                 continue
             offset = group.stored_offsets[slot.index]
             for c in range(C):
@@ -139,15 +138,18 @@ class FactorOps:
         return {index: [([copy_of(x) for x in lefts], copy_of(right)) for lefts, right in terms]
                 for index, terms in terms_of.items()}
 
-    def _form(self, piece: FactorBatch, c: int, slot: Slot, name: str = "formed_piece") -> torch.Tensor:
+    def _form(
+        self, piece: FactorBatch, c: int, slot: Slot, name: str = "formed_piece", into: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logit ``c``'s gradients of ``slot`` for the examples of ``piece``, formed from its factors.
 
-        ``[size, numel]`` in a work buffer ``name`` (overwritten by the next call); always the same
-        operations on the same tensors, so the same numbers whenever a piece is formed.
+        ``[size, numel]``, into ``into`` (rows of any stride) or else a work buffer ``name``
+        (overwritten by the next call); always the same operations on the same tensors, so the same
+        numbers whenever a piece is formed (a product's sums do not depend on where it writes).
         """
         m, n = slot.tensor.shape
         dtype = piece.terms[0][1].dtype if piece.terms else self.dtype
-        formed = self._scratch(name, piece.size, slot.numel, dtype)
+        formed = into if into is not None else self._scratch(name, piece.size, slot.numel, dtype)
         view = formed.view(piece.size, m, n)
         if not piece.terms:
             view.zero_()
@@ -169,7 +171,7 @@ class FactorOps:
             return {v: stored.variant(v)[:, segment.start : segment.stop] for v in variants}
         t = now()
         rows, cols, A = self.num_outputs * stored.size, segment.stop - segment.start, stored.size
-        out = {v: self._scratch(f"formed_{v}", rows, cols, self.dtype) for v in variants}
+        out = {v: self._scratch(f"formed_{v}", rows, cols, torch.int8 if v else self.dtype) for v in variants}
         for slot in segment.slots:
             lo = slot.offset - segment.start
             columns = slice(lo, lo + slot.numel)
@@ -181,14 +183,40 @@ class FactorOps:
             for piece in stored.factors[slot.index]:
                 for c in range(self.num_outputs):
                     at = slice(c * A + piece.first, c * A + piece.first + piece.size)
-                    formed = self._form(piece, c, slot)
-                    if False in out:
-                        out[False][at, columns].copy_(formed)
-                    if True in out:  # the signs, formed in place after the raw copy
-                        torch.sign(formed, out=formed)
+                    if False in out:  # formed where it is used: no copy through a work buffer
+                        raw = self._form(piece, c, slot, into=out[False][at, columns])
+                    if True in out:  # the signs, through a work buffer (the fixes index its entries)
+                        signs = self._scratch("formed_piece", piece.size, slot.numel, self.dtype)
+                        torch.sign(raw if False in out else self._form(piece, c, slot), out=signs)
                         if piece.fixes:
                             wrong, fixed = piece.fixes[c]
-                            formed.view(-1).index_copy_(0, wrong, fixed)
-                        out[True][at, columns].copy_(formed)
+                            signs.view(-1).index_copy_(0, wrong, fixed)
+                        out[True][at, columns].copy_(signs)
         self._tick("formed", t)
         return out
+
+
+Terms = list[tuple[list[torch.Tensor], torch.Tensor]]
+
+
+def _pieces(first: int, size: int, kept: Terms, exact: Terms) -> list[tuple[FactorBatch, FactorBatch]]:
+    """A stored batch's factors as one piece, or one piece per example over its live tokens.
+
+    Per example when `live_tokens` trims enough of the batch's padding: forming the columns again
+    then multiplies only the tokens whose output gradients are non-zero (exactly the same sums).
+    ``kept`` are the factors in the model's precision, ``exact`` those they were rounded from
+    (the same tensors without the float64 twin); both are cut at the spans of ``exact``.
+    """
+    spans = [live_tokens(lefts) for lefts, _ in exact]
+    if all(s is None for s in spans):
+        return [(FactorBatch(first, size, kept), FactorBatch(first, size, exact))]
+
+    def cut(terms: Terms, b: int) -> Terms:
+        out = []
+        for (lefts, right), span in zip(terms, spans, strict=True):
+            lo, hi = span[b] if span is not None else (0, right.shape[1])
+            if hi > lo:
+                out.append(([x[b : b + 1, lo:hi] for x in lefts], right[b : b + 1, lo:hi]))
+        return out
+
+    return [(FactorBatch(first + b, 1, cut(kept, b)), FactorBatch(first + b, 1, cut(exact, b))) for b in range(size)]

@@ -81,12 +81,13 @@ from benchmark.kernels.params import SelectedTensor
 from benchmark.kernels.passes import PassOps
 from benchmark.kernels.per_example import (
     Batch,
+    Captured,
     batch_size,
     plan_slots,
     probe,
     slice_batch,
 )
-from benchmark.kernels.planner import Combo, Plan, Request, TensorSize, plan, stored_needs
+from benchmark.kernels.planner import SIGN_BYTES, Combo, Plan, Request, TensorSize, entry_bytes, plan, stored_needs
 from registry import BenchError
 
 #: Re-exported for callers of the former single module.
@@ -150,7 +151,9 @@ class FastKernelEngine(PassOps):
         return self.ranks.mine(key)
 
     # ------------------------------------------------------------------ planning
-    def _plan(self, a: Examples, targets: Mapping[str, Examples | None], captured: int) -> tuple[list[Group], int, int]:
+    def _plan(
+        self, a: Examples, targets: Mapping[str, Examples | None], captured: Captured
+    ) -> tuple[list[Group], int, int]:
         """Ask the planner (`planner.plan`) and lay the groups and their column segments out."""
         request = Request(
             tensors=tuple(
@@ -169,7 +172,8 @@ class FastKernelEngine(PassOps):
             budget=self.budget,
             itemsize=self.itemsize,
             longest=max([a.max_len] + [t.max_len for t in targets.values() if t is not None]),
-            captured=captured * (2 if self._wants_twin() else 1),  # the float64 twin's activations are twice as big
+            captured=captured.recorded * (2 if self._wants_twin() else 1),  # the float64 twin's are twice as big
+            held=captured.held,  # streamed examples run the model itself, never the float64 twin
             overrides=self.overrides,
             reserved=self._twin_bytes() if self._wants_twin() else 0,
             scratch_itemsize=(8 if self._wants_twin() else self.itemsize) if self._stores_signs(targets) else 0,
@@ -224,10 +228,11 @@ class FastKernelEngine(PassOps):
         if len(group.segments) != 1 or self.overrides.get("no_gather"):
             return None
         cols = group.segments[0].stop - group.segments[0].start
-        factor = 2 if any(y for _, y in self.combos) else 1
-        variants = len({x for x, _ in self.combos} | {y for _, y in self.combos})
-        formed = variants * stored_rows * cols * self.itemsize if group.factored else 0
-        rows = min(256, int((self.work_budget - formed) // max(1, factor * cols * self.itemsize)))
+        # per streamed entry: the raw gradient and, when a formula takes its signs, an int8 sign
+        entry = self.itemsize + (SIGN_BYTES if any(y for _, y in self.combos) else 0)
+        variants = {x for x, _ in self.combos} | {y for _, y in self.combos}
+        formed = stored_rows * cols * entry_bytes(False in variants, True in variants, self.itemsize)
+        rows = min(256, int((self.work_budget - (formed if group.factored else 0)) // max(1, entry * cols)))
         rows = self.overrides.get("gather_rows", rows)
         if rows < 2 * self.num_outputs * max_batch:
             return None
@@ -274,7 +279,7 @@ class FastKernelEngine(PassOps):
                 )
                 slot.fallback, slot.sparse = True, False
             self._tick("probe", t)
-            self.stats["activation_bytes"] = captured  # per example: recorded layer inputs and outputs
+            self.stats["activation_bytes"] = captured.recorded  # per example: recorded layer inputs and outputs
             groups, chunk, max_batch = self._plan(a, streams, captured)
             if plan_only:
                 return {}

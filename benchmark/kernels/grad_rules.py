@@ -16,7 +16,7 @@ module type without a rule; the engine computes such parameters by a per-example
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -177,6 +177,35 @@ def sparse_entries(use: Use, call: Call, grad_out: torch.Tensor, batch: int) -> 
     return use.rule.sparse(use.module, use.role, call, grad_out, batch)
 
 
+#: Products go example by example over the live tokens only when that drops at least this share of them.
+MIN_TRIMMED = 1 / 8
+
+
+def live_tokens(grads: Sequence[torch.Tensor]) -> list[tuple[int, int]] | None:
+    """Per example, the span ``[lo, hi)`` of token positions where any of ``grads`` (each ``[B, T, m]``)
+    is non-zero; ``None`` to keep the batch whole.
+
+    A token whose output gradient is zero adds exactly nothing to ``go^T a`` (padding, which the
+    attention mask cuts off from the logits), so an example's product may run over its live span
+    alone. ``None`` when that would drop less than `MIN_TRIMMED` of the batch's positions, and off
+    the CPU (there one product per example costs more in launches than the padding does).
+    """
+    first = grads[0]
+    if first.device.type != "cpu" or first.dim() != 3 or first.shape[1] < 2:
+        return None
+    live = first.ne(0).any(dim=2)
+    for go in grads[1:]:
+        live |= go.ne(0).any(dim=2)
+    positions = live.shape[1]
+    found = live.any(dim=1)
+    lo = torch.where(found, live.to(torch.int8).argmax(dim=1), 0)
+    hi = torch.where(found, positions - live.flip(1).to(torch.int8).argmax(dim=1), 0)
+    spans = list(zip(lo.tolist(), hi.tolist(), strict=True))
+    if sum(h - lo_ for lo_, h in spans) > (1 - MIN_TRIMMED) * positions * len(spans):
+        return None
+    return spans
+
+
 def _put(target: torch.Tensor, value: torch.Tensor, first: bool) -> None:
     target.copy_(value) if first else target.add_(value)
 
@@ -210,7 +239,8 @@ def _linear_factors(module: nn.Module, _role: str, call: Call, grad_out: torch.T
 def _linear(
     module: nn.Module, role: str, call: Call, grad_out: torch.Tensor, target: torch.Tensor, first: bool
 ) -> None:
-    """``dW_b = sum_t go[b, t]^T a[b, t]`` (one batched product), ``db_b = sum_t go[b, t]``."""
+    """``dW_b = sum_t go[b, t]^T a[b, t]`` (one batched product, or one per example over its live
+    tokens: `live_tokens`), ``db_b = sum_t go[b, t]``."""
     batch = target.shape[0]
     out_features = module.out_features  # type: ignore[union-attr]
     go = grad_out.reshape(batch, -1, out_features)
@@ -219,7 +249,16 @@ def _linear(
         return
     in_features = module.in_features  # type: ignore[union-attr]
     act = call.input.reshape(batch, -1, in_features)
-    target.view(batch, out_features, in_features).baddbmm_(go.transpose(1, 2), act, beta=0.0 if first else 1.0)
+    view = target.view(batch, out_features, in_features)
+    spans = live_tokens([go])
+    if spans is None:
+        view.baddbmm_(go.transpose(1, 2), act, beta=0.0 if first else 1.0)
+        return
+    for b, (lo, hi) in enumerate(spans):  # over each example's live tokens only
+        if hi > lo:
+            view[b].addmm_(go[b, lo:hi].t(), act[b, lo:hi], beta=0.0 if first else 1.0)
+        elif first:
+            view[b].zero_()
 
 
 @register_grad_rule(nn.LayerNorm, kind=LAYER_NORM)

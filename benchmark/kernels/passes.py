@@ -33,6 +33,9 @@ from benchmark.kernels.per_example import (
 from benchmark.kernels.planner import Combo, Plan
 from benchmark.kernels.products import accumulate, gram, product
 
+#: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (16 MiB).
+SIGN_CHUNK = 2**22
+
 
 class PassOps(FactorOps):
     """The operations of one pass, shared by `FastKernelEngine` (which owns the state named here)."""
@@ -69,6 +72,19 @@ class PassOps(FactorOps):
             buffer = torch.empty(need, dtype=dtype, device=self.device)
             self._scratches[name] = buffer
         return buffer[:need].view(rows, cols)
+
+    def _signs(self, work: torch.Tensor, name: str) -> torch.Tensor:
+        """The signs of ``work`` (contiguous) as int8 in a work buffer ``name``: a quarter of a float copy.
+
+        Taken `SIGN_CHUNK` entries at a time through one small float buffer (no float copy of ``work``).
+        """
+        signs = self._scratch(name, *work.shape, torch.int8)
+        flat, out = work.view(-1), signs.view(-1)
+        for start in range(0, flat.numel(), SIGN_CHUNK):
+            part = flat[start : start + SIGN_CHUNK]
+            chunk = self._scratch("sign_chunk", 1, part.numel(), work.dtype)[0]
+            out[start : start + SIGN_CHUNK].copy_(torch.sign(part, out=chunk))
+        return signs
 
     def _advance(self, n: int) -> None:
         if self._bar is not None:
@@ -328,9 +344,7 @@ class PassOps(FactorOps):
                 for c in range(C):
                     rows = work[at + c * size : at + (c + 1) * size]
                     self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, rows, segment.start, c)
-            work_sign = (
-                torch.sign(work, out=self._scratch("stream_sign", offset, cols, self.dtype)) if need_sign else None
-            )
+            work_sign = self._signs(work, "stream_sign") if need_sign else None
             t = self._tick("per_example", t)
             for x, y in combos:
                 accumulate(wide[(x, y)], stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]
@@ -352,11 +366,8 @@ class PassOps(FactorOps):
         t = now()
         C = self.num_outputs
         work = pending.work[: pending.used]
-        cols = work.shape[1]
         need_sign = any(y for _, y in self.combos)
-        work_sign = (
-            torch.sign(work, out=self._scratch("flush_sign", pending.used, cols, self.dtype)) if need_sign else None
-        )
+        work_sign = self._signs(work, "flush_sign") if need_sign else None
         t = self._tick("per_example", t)
         for x, y in self.combos:
             block = product(stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ from benchmark.kernels.grad_rules import (
     embedding_entries,
     factors_of,
     grad_rule,
+    live_tokens,
     module_kind,
     register_grad_rule,
     require_grad_rule,
@@ -57,8 +58,8 @@ from registry import BenchError
 
 #: Re-exported: the rules live in `benchmark.kernels.grad_rules`.
 __all__ = ["EMBEDDING", "GRAD_RULES", "LAYER_NORM", "LINEAR", "Call", "Entries", "GradRule", "Use",
-           "embedding_entries", "factors_of", "grad_rule", "module_kind", "register_grad_rule", "require_grad_rule",
-           "sparse_entries", "supported_types", "write_dense"]
+           "embedding_entries", "factors_of", "grad_rule", "live_tokens", "module_kind", "register_grad_rule",
+           "require_grad_rule", "sparse_entries", "supported_types", "write_dense"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,14 @@ class Recorder:
         """Let the recorded outputs go (their gradients, keyed by `Call.key`, are all that is still needed)."""
         for call in self.order:
             call.output = None
+
+    def held_bytes(self, num_outputs: int) -> int:
+        """Bytes a batch holds in a streamed unit: its recorded inputs and outputs, and ``num_outputs``
+        output gradients. (The outputs are let go, `release_outputs`, but were measured to stay
+        held on roberta-base: most are the inputs of the next recorded call, or the graph's.)"""
+        outputs = sum(call.output.numel() * call.output.element_size() for call in self.order
+                      if call.output is not None)
+        return self.captured_bytes() + num_outputs * outputs
 
     def captured_bytes(self) -> int:
         """Bytes of the recorded inputs and outputs (an activation-memory estimate)."""
@@ -345,8 +354,18 @@ def fallback_gradients(model: nn.Module, batch: Batch, slots: list[Slot], num_ou
     return out
 
 
-def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = True) -> tuple[list[Slot], int, int]:
-    """One forward pass on a small batch: (slots to compute by fallback, activation bytes per example, C).
+@dataclass(frozen=True)
+class Captured:
+    """Memory of one example's recorded calls, as the probe measured it."""
+
+    recorded: int  # its layer inputs and outputs (an activation-memory estimate)
+    held: int  # what a streamed example keeps in a unit: the inputs, outputs and C output gradients
+
+
+def probe(
+    model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = True
+) -> tuple[list[Slot], Captured, int]:
+    """One forward pass on a small batch: (slots to compute by fallback, memory per example, C).
 
     A slot whose module calls do not carry the batch as leading dimension cannot be assembled per
     example and always falls back. With ``check``, for every fully selected tensor the sum over
@@ -363,6 +382,7 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
         raise BenchError(f"the logit model must return logits [B, C], got {shape}")
     num_outputs = int(logits.shape[1])
     captured = rec.captured_bytes() // max(1, size)
+    held = rec.held_bytes(num_outputs) // max(1, size)
     for slot in slots:
         slot.calls = max(1, sum(len(rec.calls.get(id(use.module), [])) for use in slot.uses))
     failed: list[Slot] = [
@@ -383,7 +403,7 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
             )
     checked = [s for s in slots if s.selected.full and not s.fallback and s not in failed] if check else []
     if not checked:
-        return failed, captured, num_outputs
+        return failed, Captured(captured, held), num_outputs
     total = logits.sum()
     outputs = rec.outputs()
     grads = torch.autograd.grad(total, outputs, retain_graph=True, allow_unused=True) if outputs else ()
@@ -413,4 +433,4 @@ def probe(model: nn.Module, batch: Batch, slots: list[Slot], *, check: bool = Tr
     for slot, err, largest in results:
         if not math.isfinite(err) or err > 1e-3 * largest + 1e-5 * scale + 1e-30:
             failed.append(slot)
-    return failed, captured, num_outputs
+    return failed, Captured(captured, held), num_outputs

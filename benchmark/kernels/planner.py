@@ -21,8 +21,9 @@ model, and changes none of its inputs; the engine carries the plan out. It decid
   columns again) is smaller. The stored columns of a factored
   tensor are formed again from the factors, one segment at a time, where they are multiplied;
   so that this happens rarely and the products are wide, the streamed batches are then taken in
-  units (``unit_rows``: their recorded inputs, outputs and output gradients held together, out of
-  half the activations' share and what the stored side leaves of its own);
+  units (``unit_rows``: their recorded inputs, outputs and output gradients held together, ``Request.held``
+  bytes per example as the probe measured them, out of half the activations' share and what the
+  stored side leaves of its own);
 * the largest batch and the column segment width of the streamed side.
 """
 
@@ -73,6 +74,7 @@ class Request:
     itemsize: int = 4
     longest: int = 128  # longest sequence
     captured: int = 1  # recorded activation bytes per example
+    held: int = 0  # bytes a streamed example holds in a unit (inputs, outputs, C output gradients); 0: estimated
     overrides: Mapping[str, int] = field(default_factory=dict)
     reserved: int = 0  # bytes held outside the plan's shares (the float64 copy of the model for exact signs)
     scratch_itemsize: int = 0  # bytes per entry of the buffer a stored batch passes through (0: written in place)
@@ -194,8 +196,8 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     chunk = max(1, min(r.n_a, int(store_budget // max(largest, 1.0))))
     chunk = r.overrides.get("chunk", chunk)
 
-    # the streamed side holds raw gradients and, when a formula takes its signs, their float signs
-    stream_factor = 2 if any(y for _, y in r.combos) else 1
+    # bytes per streamed entry: the raw gradient and, when a formula takes its signs, an int8 sign
+    stream_bytes = r.itemsize + (SIGN_BYTES if any(y for _, y in r.combos) else 0)
     hold_budget = 0.0
     if factored:  # streamed batches are held in units (inputs, outputs, output gradients), beside one batch's graph
         hold_budget = max(0.0, store_budget - chunk * largest) + act_budget / 2
@@ -203,7 +205,7 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     max_batch = max(1, int(act_budget // (max(1, r.captured) * (3 + C))))
     widest = max((t.numel for t in r.tensors if not t.sparse and not t.fallback), default=0)
     if widest:
-        max_batch = max(1, min(max_batch, int(work_budget // (stream_factor * C * widest * r.itemsize))))
+        max_batch = max(1, min(max_batch, int(work_budget // (C * widest * stream_bytes))))
     if r.scratch_itemsize and factored:  # each stored tensor is formed in float64 and float32 once, per batch
         max_batch = max(1, min(max_batch, int(work_budget // max(1, (r.scratch_itemsize + r.itemsize) * widest))))
     elif r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
@@ -213,14 +215,14 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
     unit_rows = 0
     if factored:  # rows of streamed examples whose gradients are formed against one forming of the stored side
-        # the recorded inputs and outputs (most outputs are the next layer's inputs, so letting the
-        # outputs go frees little), and C gradients of the outputs
-        held = max(1, r.captured) * (2 + C) / 2
+        # the recorded inputs and outputs and C gradients of the outputs, as the probe measured
+        # them; else estimated from the recorded inputs and outputs (outputs about half of them)
+        held = r.held or max(1, r.captured) * (2 + C) / 2
         unit_rows = C * max(target_batch, min(MAX_UNIT_EXAMPLES, int(hold_budget // held)))
-    per_col = stream_factor * max(C * max(1, target_batch), unit_rows) * r.itemsize
+    per_col = max(C * max(1, target_batch), unit_rows) * stream_bytes
     share = work_budget
     if factored:  # the stored columns of a segment are formed again beside the streamed ones
-        per_col += (int(store_raw) + int(store_sign)) * C * min(chunk, r.n_a) * r.itemsize
+        per_col += entry_bytes(store_raw, store_sign, r.itemsize) * C * min(chunk, r.n_a)
         share = work_budget / 2  # the other half: the float64 scratch of a factored piece
     seg_cols = max(MIN_SEGMENT, min(MAX_SEGMENT, int(share // per_col)))
     max_batch = r.overrides.get("max_batch", max_batch)

@@ -8,7 +8,8 @@ batches of ``--ref-train-batch``, 1 as in the reference's scripts), checks that 
 sub-block and the ratio to the measured one-pass floor. Unless ``--ref-full``, the reference is
 timed on the first ``--ref-eval`` and on a quarter as many evaluation examples and extrapolated
 to ``--n-eval`` along the line through the two (said so in the output). On the CPU with a small
-model it ends with an estimate for roberta-base on 16-shot SST-2. Timings are printed, never asserted.
+model it ends with an estimate for roberta-base on 16-shot SST-2 (the planner's plan for that
+shape, `benchmark.perf.estimate`). Timings are printed, never asserted.
 With ``--plan-only`` it prints the fast strategy's plan for the sizes (passes, the stored
 representation, the budget's shares) after a probe, and computes nothing.
 """
@@ -22,7 +23,7 @@ import torch
 
 from benchmark.kernels import default_budget, empirical_ntks, normalize_formula, parse_bytes
 from benchmark.perf.agreement import agreement
-from benchmark.perf.estimate import Shape, roberta_base_estimate
+from benchmark.perf.estimate import Shape, roberta_base_estimate, roberta_base_work
 from benchmark.perf.floor import float64_error, one_pass_floor
 from benchmark.perf.inputs import first_examples, local_model, make_batches, param_counts, preset_model
 from benchmark.perf.options import KernelBenchOptions
@@ -105,8 +106,10 @@ def run_kernel_bench(options: KernelBenchOptions, echo: Callable[[str], None] = 
         echo("roberta-base measured directly above (no estimate)")
     elif device.type == "cpu":
         bench = Shape(dense, hidden, int(mlm.config.num_hidden_layers))
+        work = roberta_base_work(formulas, options.params, budget, options.seq_len, options.batch_size,
+                                 options.num_labels, options.seed)
         echo(roberta_base_estimate(stats, bench, options.n_train, options.n_eval, options.seq_len, C,
-                                   len(sign_combos([get_formula(f) for f in formulas])), budget))
+                                   len(sign_combos([get_formula(f) for f in formulas])), work, budget))
     else:  # a small model leaves a GPU launch-bound: its per-FLOP costs say nothing about roberta-base
         echo("estimate for roberta-base: printed on the CPU only (per-FLOP costs of a small model on a GPU "
              "are launch-bound)")
