@@ -87,7 +87,16 @@ from benchmark.kernels.per_example import (
     probe,
     slice_batch,
 )
-from benchmark.kernels.planner import SIGN_BYTES, Combo, Plan, Request, TensorSize, entry_bytes, plan, stored_needs
+from benchmark.kernels.planner import (
+    Combo,
+    Plan,
+    Request,
+    TensorSize,
+    entry_bytes,
+    plan,
+    stored_needs,
+    stream_entry_bytes,
+)
 from registry import BenchError
 
 #: Re-exported for callers of the former single module.
@@ -228,8 +237,7 @@ class FastKernelEngine(PassOps):
         if len(group.segments) != 1 or self.overrides.get("no_gather"):
             return None
         cols = group.segments[0].stop - group.segments[0].start
-        # per streamed entry: the raw gradient and, when a formula takes its signs, an int8 sign
-        entry = self.itemsize + (SIGN_BYTES if any(y for _, y in self.combos) else 0)
+        entry = stream_entry_bytes(self.combos, self.itemsize)
         variants = {x for x, _ in self.combos} | {y for _, y in self.combos}
         formed = stored_rows * cols * entry_bytes(False in variants, True in variants, self.itemsize)
         rows = min(256, int((self.work_budget - (formed if group.factored else 0)) // max(1, entry * cols)))

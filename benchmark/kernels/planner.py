@@ -115,6 +115,11 @@ def stored_needs(combos: tuple[Combo, ...], symmetric: bool) -> tuple[bool, bool
     return False in sides, True in sides
 
 
+def stream_entry_bytes(combos: tuple[Combo, ...] | list[Combo], itemsize: int) -> int:
+    """Bytes per streamed dense entry: the raw gradient and, when a formula takes its signs, an int8 sign."""
+    return itemsize + (SIGN_BYTES if any(y for _, y in combos) else 0)
+
+
 def entry_bytes(store_raw: bool, store_sign: bool, itemsize: int) -> int:
     """Bytes the stored side keeps per dense gradient entry."""
     return (itemsize if store_raw else 0) + (SIGN_BYTES if store_sign else 0)
@@ -196,8 +201,7 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     chunk = max(1, min(r.n_a, int(store_budget // max(largest, 1.0))))
     chunk = r.overrides.get("chunk", chunk)
 
-    # bytes per streamed entry: the raw gradient and, when a formula takes its signs, an int8 sign
-    stream_bytes = r.itemsize + (SIGN_BYTES if any(y for _, y in r.combos) else 0)
+    stream_bytes = stream_entry_bytes(r.combos, r.itemsize)
     hold_budget = 0.0
     if factored:  # streamed batches are held in units (inputs, outputs, output gradients), beside one batch's graph
         hold_budget = max(0.0, store_budget - chunk * largest) + act_budget / 2

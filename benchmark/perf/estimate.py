@@ -32,13 +32,11 @@ class Shape:
         return 2.0 * seq_len * self.dense
 
 
-ROBERTA_BASE = Shape(dense=85_648_896, hidden=768, layers=12)  # encoder + LM-head dense, no embeddings
-
-
 @dataclass(frozen=True)
 class PlannedWork:
     """What the fast strategy's plan for a shape does, counted in examples and example-logits."""
 
+    shape: Shape  # of the roberta-base-shaped model that was planned
     passes: int
     groups: int
     chunk: int
@@ -61,7 +59,7 @@ def roberta_base_work(formulas: list[str], params: str, budget: int, seq_len: in
     from benchmark.kernels import select_parameters
     from benchmark.kernels.fast import FastKernelEngine
     from benchmark.models import PromptLogitModel
-    from benchmark.perf.inputs import make_batches, preset_model
+    from benchmark.perf.inputs import make_batches, param_counts, preset_model
     from registry.formulas import get_formula, sign_combos
 
     mlm, ids = preset_model("roberta-base", seed, torch.float32)
@@ -81,7 +79,9 @@ def roberta_base_work(formulas: list[str], params: str, budget: int, seq_len: in
     rows = plan.unit_rows or C * max(1, min(plan.max_batch, batch_size))
     dense = [s.numel for s in engine.slots if not s.sparse]
     factored = sum(engine.slots[i].numel for i in plan.factored)
+    _, dense_params, hidden = param_counts(mlm)
     return PlannedWork(
+        shape=Shape(dense_params, hidden, int(mlm.config.num_hidden_layers)),
         passes=plan.passes,
         groups=groups,
         chunk=plan.chunk,
@@ -112,11 +112,11 @@ def roberta_base_estimate(
     rate_s = stats.get("per_example_cpu", 0.0) / max(1.0, examples * C * bench.assembly_flops(seq_len))
     rate_p = stats.get("contract_cpu", 0.0) / max(1.0, 2.0 * n_train * C * n_eval * C * bench.dense * combos)
 
-    flops = ROBERTA_BASE.forward_flops(seq_len)
-    seconds = work.examples_run * (rate_f + rate_r * C) * flops
-    seconds += work.examples_assembled * C * rate_s * ROBERTA_BASE.assembly_flops(seq_len)
-    seconds += work.formings * rate_s * ROBERTA_BASE.assembly_flops(seq_len) * work.factored_fraction
-    seconds += rate_p * 2.0 * SST2_TRAIN * C * (SST2_TRAIN + SST2_OTHER) * C * ROBERTA_BASE.dense * combos
+    big = work.shape
+    seconds = work.examples_run * (rate_f + rate_r * C) * big.forward_flops(seq_len)
+    seconds += work.examples_assembled * C * rate_s * big.assembly_flops(seq_len)
+    seconds += work.formings * rate_s * big.assembly_flops(seq_len) * work.factored_fraction
+    seconds += rate_p * 2.0 * SST2_TRAIN * C * (SST2_TRAIN + SST2_OTHER) * C * big.dense * combos
     return (
         f"estimate: roberta-base, 16-shot SST-2 (N_train=32, N_dev=32, N_test=872, C={C}, ~{seq_len} tokens, "
         f"{combos} sign combination(s)): ~{seconds / 60:.0f} min of fast strategy on this CPU with "
