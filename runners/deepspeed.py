@@ -39,6 +39,8 @@ from runners.multinode import NodePlan, node_plan, per_node_command
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "zero2"
+#: Where DeepSpeed's CPU communication backend puts its shared-memory allreduce buffers.
+SHM_DIR = Path("/dev/shm")
 
 
 class DeepSpeedOptions(BaseModel):
@@ -181,6 +183,22 @@ def check_method(run: ResolvedRun, world_size: int) -> None:
               "ranks runs it whole (rank 0 logs it)", file=sys.stderr, flush=True)
 
 
+def remove_shm_buffers(port: int, directory: Path = SHM_DIR) -> list[Path]:
+    """Delete the shared-memory allreduce buffers DeepSpeed's CPU backend left for the job on ``port``.
+
+    With ``DS_ACCELERATOR=cpu`` every rank creates ``deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}``
+    in /dev/shm (66 MB each with the pinned DeepSpeed) and never unlinks it: that is memory, and a
+    sweep of CPU runs would fill the machine with it (101 such files, 6.6 GB, had piled up here).
+    Called once the job's launcher has exited. Returns the files removed.
+    """
+    removed = []
+    for path in directory.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def free_port() -> int:
     """An unused TCP port on this host."""
     with socket.socket() as sock:
@@ -308,10 +326,11 @@ def run_deepspeed(run: ResolvedRun, options: DeepSpeedOptions, parent_run_id: st
         worker_args = [*_run_args(run), "--run-id", tracker.run_id, "--deepspeed-config", encode(ds_config),
                        "--result", str(result_path)]
         if plan is not None:
+            port = plan.master_port
             command = per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args)
         else:
-            command = launcher_command(options, num_gpus=num_gpus, port=options.master_port or free_port(),
-                                       worker_args=worker_args)
+            port = options.master_port or free_port()
+            command = launcher_command(options, num_gpus=num_gpus, port=port, worker_args=worker_args)
         try:
             code = stream(command, env)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the launcher's group is stopped by now
@@ -320,6 +339,9 @@ def run_deepspeed(run: ResolvedRun, options: DeepSpeedOptions, parent_run_id: st
         except BaseException as exc:
             _fail(tracker, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if on_cpu:
+                remove_shm_buffers(port)
         reported = json.loads(result_path.read_text()) if result_path.is_file() else {}
         errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
     if code != 0 or errors:
@@ -349,7 +371,11 @@ def run_follower(run: ResolvedRun, ds_config: dict[str, Any], plan: NodePlan, nu
         result_path = Path(tmp) / "result.json"
         worker_args = [*_run_args(run), "--run-id", "", "--deepspeed-config", encode(ds_config),
                        "--result", str(result_path)]
-        code = stream(per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args), env)
+        try:
+            code = stream(per_node_command(plan, num_gpus=num_gpus, worker_args=worker_args), env)
+        finally:
+            if env.get("DS_ACCELERATOR") == "cpu":
+                remove_shm_buffers(plan.master_port)
         errors = [json.loads(path.read_text()).get("error") for path in sorted(Path(tmp).glob("*.error-rank*"))]
     if code != 0 or errors:
         first = next((error for error in errors if error), None)

@@ -171,6 +171,14 @@ def test_sign_products_are_exact_integers_and_either_operand_order_agrees() -> N
         got = product(x, y)
         assert got.shape == expected.shape and got.dtype == torch.float64
         assert _relative(got, expected) < 1e-6, (x.dtype, y.dtype, x.shape)
+    # the signs of a float right operand, taken inside the product, whichever operand is multiplied first
+    for x, y in ((left, right), (right, left), (left[:, ::2], right[:, ::2])):
+        expected = x.double() @ torch.sign(y).double().t()
+        assert _relative(product(x, y, sign_right=True), expected) < 1e-6
+    for x, y in ((left_sign, right), (right_sign, left)):  # sign x sign of a float side: exact integers
+        assert torch.equal(product(x, y, sign_right=True), (x.long() @ torch.sign(y).long().t()).double())
+    with pytest.raises(ValueError, match="signs of a floating-point operand"):
+        product(left, right_sign, sign_right=True)
 
 
 def test_sign_only_formula_stores_int8_signs_only(models) -> None:
@@ -263,3 +271,92 @@ def test_live_tokens_trim_padding_and_the_linear_rule_gives_the_batched_gradient
         target = start.clone()
         use.rule.dense(layer, "weight", Call(act, None), go, target, first)
         assert torch.allclose(target, expected + (0 if first else 1), rtol=1e-13, atol=1e-13)
+
+
+def test_held_bytes_and_the_outputs_a_streamed_batch_lets_go(models) -> None:
+    """A held batch keeps its recorded inputs and C output gradients; every recorded output that is not also
+    some call's input is freed when the outputs are let go, so it is not counted (weak references to the
+    outputs' memory tell)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from benchmark.kernels.batches import differentiable
+    from benchmark.kernels.per_example import modules_of, plan_slots, record
+
+    model = models[0]
+    slots = plan_slots(select_parameters(model, "all"))
+    (batch,) = make_batches(VOCAB, 1, 4, [3], 24, 5, 0)
+    with differentiable(model, [s.tensor for s in slots]), record(modules_of(slots), 3) as rec:
+        logits = model(**batch)
+        outputs = rec.outputs()
+        grads = [torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c == 0, allow_unused=True)
+                 for c in range(2)]
+    held = rec.held_bytes(2)
+    inputs = {call.input.data_ptr() for call in rec.order}
+    output_refs = [(StorageWeakRef(call.output.untyped_storage()), call.output.data_ptr() in inputs)
+                   for call in rec.order]
+    inputs_bytes = sum(t.numel() * t.element_size() for t in {c.input.data_ptr(): c.input for c in rec.order}.values())
+    output_bytes = sum(call.output.numel() * call.output.element_size() for call in rec.order)
+    assert held == inputs_bytes + 2 * output_bytes
+    assert sum(g.numel() * g.element_size() for per_c in grads for g in per_c if g is not None) <= 2 * output_bytes
+    del logits, outputs
+    rec.release_outputs()
+    assert any(not shared for _, shared in output_refs)
+    for ref, shared in output_refs:
+        assert ref.expired() != shared  # freed unless it is another call's input
+
+
+def test_held_pool_copies_once_all_or_nothing() -> None:
+    """Shared inputs are copied once, every tensor keeps its values, shape and dtype; a batch that does not fit
+    keeps its own tensors and leaves the pool as it was."""
+    from benchmark.kernels.grad_rules import Call
+    from benchmark.kernels.held import ALIGN, HeldPool
+
+    g = torch.Generator().manual_seed(4)
+    shared = torch.randn(2, 5, 3, generator=g)
+    ids = torch.arange(5).expand(2, 5)  # an expanded (stride 0) int64 input, as a broadcast position id
+    calls = [Call(shared, None, key=0), Call(shared.detach(), None, key=1), Call(ids, None, key=2)]
+    rec = type("Rec", (), {"order": calls})()
+    grads = [{0: torch.randn(2, 5, 4, generator=g, dtype=torch.float64), 2: torch.randn(2, 5, 3, generator=g)}]
+    before = [c.input.clone() for c in calls], {k: v.clone() for k, v in grads[0].items()}
+    pool = HeldPool(torch.empty(10_000, dtype=torch.uint8))
+    assert pool.keep_batch(rec, grads)
+    assert calls[0].input.data_ptr() == calls[1].input.data_ptr() != shared.data_ptr()  # copied once
+    pointer = pool.buffer.data_ptr()
+    for call, value in zip(calls, before[0], strict=True):
+        assert torch.equal(call.input, value) and call.input.dtype == value.dtype
+        assert pointer <= call.input.data_ptr() < pointer + 10_000 and (call.input.data_ptr() - pointer) % ALIGN == 0
+    for key, value in before[1].items():
+        assert torch.equal(grads[0][key], value) and grads[0][key].dtype == value.dtype
+    used = pool.used  # 120 bytes at 0, 80 at 128, 320 at 256, 120 at 576
+    assert used == 696
+    big = [{5: torch.zeros(10_000)}]
+    other = [Call(torch.ones(3), None, key=5)]
+    assert not pool.keep_batch(type("Rec", (), {"order": other})(), big)
+    assert pool.used == used and other[0].input.data_ptr() != pointer and big[0][5].numel() == 10_000
+    with pytest.raises(ValueError, match="flat uint8"):
+        HeldPool(torch.empty(4))
+
+
+def test_held_records_in_one_buffer_give_the_same_kernels(models) -> None:
+    """Streamed units whose records are copied into the held buffer (contiguous copies of the same values) give
+    the kernels of units that keep the batches' own tensors, to float32 round-off; ``signgd`` within its
+    round-off bound (a streamed entry at round-off of zero may take the other sign)."""
+    model = models[0]
+    a, b = _sides(5, 9, seed=6)
+    combos = [SGD, (True, True), (True, False), (False, True)]
+    results = []
+    for extra in ({}, {"no_pool": 1}):
+        stats: dict = {}
+        engine = FastKernelEngine(model, select_parameters(model), combos, memory_budget=2**30, stats=stats,
+                                  overrides={"factors": 1, "segment_cols": 2**16, "unit_rows": 8, "max_batch": 2,
+                                             **extra})
+        results.append(engine.run(a, {"ab": b})["ab"])
+        # 9 streamed examples in batches of at most 2, units of 4: [2, 2], [2, 2], [1]
+        assert stats["held_bytes"] > 0 and stats.get("pooled_batches", 0) == (0 if extra else 5)
+        assert "unpooled_batches" not in stats
+    for combo in (SGD, (True, False), (False, True)):
+        assert _relative(results[0][combo], results[1][combo]) < 1e-6, combo
+    m64 = models[1]
+    ga, gb = (explicit_gradients(m64, side, lambda name: True) for side in (a, b))
+    for result in results:
+        assert_sign_close(result[(True, True)], torch.einsum("ncp,mdp->ncmd", ga.sign(), gb.sign()), ga, gb)

@@ -167,9 +167,10 @@ def test_factored_training_side_when_raw_gradients_need_several_passes() -> None
     stored = sum(16 * (_factor_bytes(request, tensors[i]) if i in weights else 2 * 4 * tensors[i].numel)
                  for i in range(len(tensors)))
     assert stored <= chosen.store_budget
-    # the stored columns formed again for one segment fit beside the streamed ones in half the workspace
-    streamed = 2 * min(chosen.max_batch, 8)
-    assert chosen.segment_cols * (streamed + 2 * 16) * 4 <= chosen.work_budget / 2
+    # segments as narrow as the widest tensor; the streamed unit, one segment's formed stored columns and the
+    # stored side fit in the budget together
+    assert chosen.segment_cols == 768 * 3072
+    assert _streaming_bytes(request, chosen, stored, chosen.unit_rows // 2) <= request.budget - _kernel_bytes(request)
 
 
 def test_factors_only_when_they_save_passes_and_overrides_decide() -> None:
@@ -210,16 +211,36 @@ def test_factors_are_kept_only_when_their_estimated_work_is_smaller() -> None:
 
 def test_streamed_units_are_sized_from_the_measured_held_bytes() -> None:
     """A unit holds each streamed example's inputs, outputs and output gradients as the probe measured them (the
-    streamed side runs the model itself: the float64 copy's doubled activations do not count there)."""
+    streamed side runs the model itself: the float64 copy's doubled activations do not count there), and takes
+    all the memory the rest of the streaming leaves: one example more would not fit."""
     common = dict(n_a=32, targets=(1064,), tensors=_roberta_base_tensors(), longest=64, overrides={"factors": 1})
     base = dataclasses.replace(_request(SGD, budget=8 * 2**30, **common), captured=2 * 42 * MiB,
                                batch_sizes=(16,) * 4)
     estimated = plan(base)  # from the recorded bytes: 2 * 84 MiB per example at C = 2
-    measured = plan(dataclasses.replace(base, held=84 * MiB))
+    request = dataclasses.replace(base, held=84 * MiB)
+    measured = plan(request)
     assert measured.unit_rows > estimated.unit_rows
-    hold = max(0.0, measured.store_budget - 32 * sum(_factor_or_dense(base, t) for t in base.tensors))
-    hold += measured.act_budget  # the activations' share was halved for the unit
-    assert measured.unit_rows == 2 * min(128, int(hold // (84 * MiB)))
+    stored = 32 * sum(_factor_or_dense(base, t) for t in base.tensors)
+    avail = request.budget - _kernel_bytes(request)
+    examples = measured.unit_rows // 2
+    assert 2 * measured.max_batch < measured.unit_rows < 2 * 128
+    assert _streaming_bytes(request, measured, stored, examples) <= avail < _streaming_bytes(
+        request, measured, stored, examples + 1)
+
+
+def _kernel_bytes(r: Request) -> int:
+    return sum(r.n_a * 2 * (t if t is not None else r.n_a) * 2 * 8 * len(r.combos) for t in r.targets)
+
+
+def _streaming_bytes(r: Request, p, stored: float, examples: int) -> float:
+    """What streaming a factored plan holds at once, counted independently of the planner: the stored side, one
+    segment of its formed float32 columns, ``examples`` held examples with C float32 rows of a segment each, and
+    the in-flight batch's graph (three times its recorded bytes) and its own held tensors, and 3% of the budget
+    for the allocator."""
+    held = r.held or r.captured * 2
+    graph = p.max_batch * (3 * min(r.captured, held) + held)
+    formed = 2 * r.n_a * p.segment_cols * 4
+    return stored + formed + examples * (held + 2 * p.segment_cols * 4) + graph + 0.03 * (r.budget - _kernel_bytes(r))
 
 
 def _factor_or_dense(r: Request, t: TensorSize) -> float:

@@ -113,6 +113,30 @@ def test_hostfile_checks(tmp_path):
     assert command[command.index("--hostfile"):][:4] == ["--hostfile", str(hostfile), "--num_nodes", "2"]
 
 
+def test_the_cpu_backends_shared_memory_buffers_of_a_finished_job_are_removed(tmp_path):
+    """DeepSpeed's CPU allreduce leaves one /dev/shm file per rank; only the finished job's (this user, its port)
+    are removed, not another job's or another user's."""
+    uid = os.getuid()
+    names = {
+        "mine_0": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29500_0",
+        "mine_1": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29500_1",
+        "other_port": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_129500_0",
+        "longer_port": f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_295001_0",
+        "other_user": f"deepspeed_allreduce_buffer_{uid + 1}_127.0.0.1_29500_0",
+        "unrelated": "torch_shm_29500_0",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    removed = ds_runner.remove_shm_buffers(29500, tmp_path)
+    assert sorted(p.name for p in removed) == sorted([names["mine_0"], names["mine_1"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v for k, v in names.items() if not k.startswith("mine"))
+    assert ds_runner.remove_shm_buffers(29500, tmp_path) == []
+
+
+def _shm_buffers() -> set[str]:
+    return {p.name for p in ds_runner.SHM_DIR.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")}
+
+
 def test_precision_needs_gpus_and_sets_the_config():
     with pytest.raises(BenchError, match="needs CUDA GPUs"):
         ds_runner.apply_precision({}, "bf16", on_cpu=True)
@@ -227,7 +251,9 @@ def test_deepspeed_two_cpu_ranks_match_the_local_run(make_config, monkeypatch, c
     config = make_config(batch_size=6)  # 8 train examples: batches of 6 and 2 (a short last batch)
     local = launch(config)
     capsys.readouterr()
+    buffers = _shm_buffers()
     distributed = launch(config, LaunchOptions(launcher="deepspeed", num_gpus=2))
+    assert _shm_buffers() <= buffers  # the CPU backend's shared-memory buffers are gone with the job
     shown = capsys.readouterr()
     output = shown.out + shown.err
     assert "train:" in output  # rank 0's training progress reaches the user

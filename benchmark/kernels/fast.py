@@ -22,9 +22,10 @@ chunk) pass:
    never held whole. When a group fits in one segment, the rows of several consecutive batches
    (up to 256) are gathered first, so that each product is wide enough to run near the machine's
    peak. With factored weights and several segments, the batches are taken in units whose
-   recorded inputs, outputs and output gradients are held together (`planner.Plan.unit_rows`),
-   so that each segment's stored columns are formed once per unit and the products are as wide as
-   the unit. Sparse tensors are contracted by joining entries on their row id.
+   recorded inputs and output gradients are held together (`planner.Plan.unit_rows`; copied into
+   one buffer kept across units, `benchmark.kernels.held`), so that each segment's stored columns
+   are formed once per unit and the products are as wide as the unit. Sparse tensors are
+   contracted by joining entries on their row id.
 
 All formulas come out of the same pass: ``sgd`` = (raw, raw), ``signgd`` = (sign, sign),
 ``asym`` = (sign, raw) and its flipped kernel (raw, sign). Every product sums at most 4,096
@@ -129,7 +130,8 @@ class FastKernelEngine(PassOps):
         exact_signs: bool = True,
     ) -> None:
         self.model = model
-        # Plan overrides, for tests: "chunk", "max_batch", "segment_cols", "group_slots", "gather_rows".
+        # Plan overrides, for tests: "chunk", "max_batch", "segment_cols", "group_slots", "gather_rows";
+        # "no_gather" and "no_pool" turn the gathering of streamed rows and the held records' buffer off.
         self.overrides = dict(overrides or {})
         self.slots = plan_slots(selection)
         self.combos = list(dict.fromkeys(combos))
@@ -288,6 +290,7 @@ class FastKernelEngine(PassOps):
                 slot.fallback, slot.sparse = True, False
             self._tick("probe", t)
             self.stats["activation_bytes"] = captured.recorded  # per example: recorded layer inputs and outputs
+            self.stats["held_bytes"] = captured.held  # per streamed example held in a unit
             groups, chunk, max_batch = self._plan(a, streams, captured)
             if plan_only:
                 return {}

@@ -18,6 +18,7 @@ from torch import nn
 from benchmark.kernels.batches import Examples
 from benchmark.kernels.clock import now
 from benchmark.kernels.factored import FactorOps
+from benchmark.kernels.held import HeldPool
 from benchmark.kernels.layout import FactorBatch, Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.memory import release_free_memory
 from benchmark.kernels.per_example import (
@@ -33,8 +34,9 @@ from benchmark.kernels.per_example import (
 from benchmark.kernels.planner import Combo, Plan
 from benchmark.kernels.products import accumulate, gram, product
 
-#: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (16 MiB).
-SIGN_CHUNK = 2**22
+#: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (512 KiB: in
+#: cache for the copy; 1.45 G entries/s on one core where 16 MiB chunks ran at 1.15).
+SIGN_CHUNK = 2**17
 
 
 class PassOps(FactorOps):
@@ -316,7 +318,7 @@ class PassOps(FactorOps):
     ) -> list[tuple[int, int, Any]]:
         """Blocks of ``stored`` against several streamed batches at once, segment by segment.
 
-        Every batch's recorded inputs, outputs and output gradients are held, so that each
+        Every batch's recorded inputs and output gradients are held (its outputs let go), so that each
         segment's stored columns are formed (`_stored_columns`) once for the whole unit and each
         product is as wide as the unit. Returns ``(first, size, block_of)`` per batch, with
         ``block_of(combo)`` its ``[C * A, C * size]`` float64 block.
@@ -324,16 +326,23 @@ class PassOps(FactorOps):
         C = self.num_outputs
         held = []
         offset = 0
+        pool = self._held_pool(sum(batch_size(batch) for _, batch in unit))
         for first, batch in unit:
             size = batch_size(batch)
             rec, grads, fallback = self._backward(group, batch)
             rec.release_outputs()
+            if pool is not None:
+                t = now()
+                kept = pool.keep_batch(rec, grads)  # the batch's own tensors (and its graph's memory) go
+                key = "pooled_batches" if kept else "unpooled_batches"  # unpooled: padded longer than the probe's
+                self.stats[key] = self.stats.get(key, 0) + 1
+                self._tick("per_example", t)
             held.append((first, size, offset, rec, grads, fallback))
             offset += C * size
         wide = {combo: torch.zeros(C * stored.size, offset, dtype=torch.float64, device=self.device)
                 for combo in combos}
         fb_offsets = self._fb_offsets(group)
-        need_sign = any(y for _, y in combos)
+        need_sign = (True, True) in combos  # int8 streamed signs only for the integer sign x sign product
         variants = {x for x, _ in combos}
         for segment in group.segments:
             stored_cols = self._stored_columns(group, stored, segment, variants)
@@ -344,10 +353,14 @@ class PassOps(FactorOps):
                 for c in range(C):
                     rows = work[at + c * size : at + (c + 1) * size]
                     self._fill_dense(segment.slots, rec, grads[c], fallback, fb_offsets, rows, segment.start, c)
+                rec.drop_caches()  # a segment's tensors are assembled once per unit: nothing reuses them
             work_sign = self._signs(work, "stream_sign") if need_sign else None
             t = self._tick("per_example", t)
             for x, y in combos:
-                accumulate(wide[(x, y)], stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]
+                if x and y and work_sign is not None:  # sign x sign: both int8, an exact integer product
+                    accumulate(wide[(x, y)], stored_cols[x], work_sign)
+                else:  # a float side's signs are taken a block at a time inside the product
+                    accumulate(wide[(x, y)], stored_cols[x], work, sign_right=y)
             self._tick("contract", t)
         for _, size, at, rec, grads, _ in held:
             views = {combo: block[:, at : at + C * size] for combo, block in wide.items()}
@@ -355,6 +368,14 @@ class PassOps(FactorOps):
             self._advance(size)
         return [(first, size, lambda combo, at=at, size=size: wide[combo][:, at : at + C * size])
                 for first, size, at, *_ in held]
+
+    def _held_pool(self, examples: int) -> HeldPool | None:
+        """The buffer a unit's records are copied into (`held.HeldPool`), sized from the probe's held bytes."""
+        per_example = self.stats.get("held_bytes", 0)
+        if not per_example or self.overrides.get("no_pool"):
+            return None
+        nbytes = int(examples * per_example * 1.01) + 2**20  # room for each tensor's alignment
+        return HeldPool(self._scratch("held_pool", 1, nbytes, torch.uint8)[0])
 
     def _flush(
         self, group: Group, pending: Pending, stored: Stored, out: dict[Combo, torch.Tensor], a0: int
@@ -366,11 +387,14 @@ class PassOps(FactorOps):
         t = now()
         C = self.num_outputs
         work = pending.work[: pending.used]
-        need_sign = any(y for _, y in self.combos)
+        need_sign = (True, True) in self.combos  # as in `_stream_unit`
         work_sign = self._signs(work, "flush_sign") if need_sign else None
         t = self._tick("per_example", t)
         for x, y in self.combos:
-            block = product(stored_cols[x], work_sign if y else work)  # type: ignore[arg-type]
+            if x and y and work_sign is not None:
+                block = product(stored_cols[x], work_sign)
+            else:
+                block = product(stored_cols[x], work, sign_right=y)
             for first, size, offset in pending.pieces:
                 place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []

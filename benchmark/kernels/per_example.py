@@ -179,23 +179,33 @@ class Recorder:
         for call in self.order:
             call.output = None
 
+    def drop_caches(self) -> None:
+        """Let go of what the rules cached per call (a LayerNorm's normalized input, as big as its input).
+
+        A held batch's cache would otherwise grow through a unit's segments, beside the held records."""
+        for call in self.order:
+            call.cache.clear()
+
     def held_bytes(self, num_outputs: int) -> int:
-        """Bytes a batch holds in a streamed unit: its recorded inputs and outputs, and ``num_outputs``
-        output gradients. (The outputs are let go, `release_outputs`, but were measured to stay
-        held on roberta-base: most are the inputs of the next recorded call, or the graph's.)"""
+        """Bytes a batch keeps while it is held in a streamed unit (`held.HeldPool`): its recorded inputs
+        (once each: an output that is another call's input stays as that input) and ``num_outputs``
+        gradients of every output; the outputs themselves are let go (`release_outputs`)."""
         outputs = sum(call.output.numel() * call.output.element_size() for call in self.order
                       if call.output is not None)
-        return self.captured_bytes() + num_outputs * outputs
+        return self._unique_bytes(call.input for call in self.order) + num_outputs * outputs
 
     def captured_bytes(self) -> int:
         """Bytes of the recorded inputs and outputs (an activation-memory estimate)."""
+        return self._unique_bytes(t for call in self.order for t in (call.input, call.output))
+
+    @staticmethod
+    def _unique_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
         seen: set[int] = set()
         total = 0
-        for call in self.order:
-            for t in (call.input, call.output):
-                if t is not None and t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
-                    total += t.numel() * t.element_size()
+        for t in tensors:
+            if t is not None and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
         return total
 
 
@@ -359,7 +369,7 @@ class Captured:
     """Memory of one example's recorded calls, as the probe measured it."""
 
     recorded: int  # its layer inputs and outputs (an activation-memory estimate)
-    held: int  # what a streamed example keeps in a unit: the inputs, outputs and C output gradients
+    held: int  # what a streamed example keeps in a unit: its inputs and C output gradients (outputs let go)
 
 
 def probe(
