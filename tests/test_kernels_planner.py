@@ -235,12 +235,12 @@ def _kernel_bytes(r: Request) -> int:
 def _streaming_bytes(r: Request, p, stored: float, examples: int) -> float:
     """What streaming a factored plan holds at once, counted independently of the planner: the stored side, one
     segment of its formed float32 columns, ``examples`` held examples with C float32 rows of a segment each, and
-    the in-flight batch's graph (three times its recorded bytes) and its own held tensors, and 3% of the budget
+    the in-flight batch's graph (three times its recorded bytes) and its own held tensors, and 6% of the budget
     for the allocator."""
     held = r.held or r.captured * 2
     graph = p.max_batch * (3 * min(r.captured, held) + held)
     formed = 2 * r.n_a * p.segment_cols * 4
-    return stored + formed + examples * (held + 2 * p.segment_cols * 4) + graph + 0.03 * (r.budget - _kernel_bytes(r))
+    return stored + formed + examples * (held + 2 * p.segment_cols * 4) + graph + 0.06 * (r.budget - _kernel_bytes(r))
 
 
 def _factor_or_dense(r: Request, t: TensorSize) -> float:
