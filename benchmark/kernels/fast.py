@@ -145,6 +145,7 @@ class FastKernelEngine(PassOps):
         self.itemsize = first.element_size()
         self.ranks = Ranks.current()
         self.num_outputs = 0
+        self.held_bytes = 0  # what one streamed example keeps in a unit, as the probe measured it
         self.work_budget = 0.0
         self.plan: Plan | None = None
         self._scratches: dict[str, torch.Tensor] = {}
@@ -290,7 +291,7 @@ class FastKernelEngine(PassOps):
                 slot.fallback, slot.sparse = True, False
             self._tick("probe", t)
             self.stats["activation_bytes"] = captured.recorded  # per example: recorded layer inputs and outputs
-            self.stats["held_bytes"] = captured.held  # per streamed example held in a unit
+            self.held_bytes = self.stats["held_bytes"] = captured.held  # per streamed example held in a unit
             groups, chunk, max_batch = self._plan(a, streams, captured)
             if plan_only:
                 return {}

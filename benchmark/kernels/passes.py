@@ -45,6 +45,8 @@ class PassOps(FactorOps):
     model: nn.Module
     combos: list[Combo]
     num_outputs: int
+    held_bytes: int
+    overrides: dict[str, int]
     device: torch.device
     dtype: torch.dtype
     plan: Plan | None
@@ -371,10 +373,9 @@ class PassOps(FactorOps):
 
     def _held_pool(self, examples: int) -> HeldPool | None:
         """The buffer a unit's records are copied into (`held.HeldPool`), sized from the probe's held bytes."""
-        per_example = self.stats.get("held_bytes", 0)
-        if not per_example or self.overrides.get("no_pool"):
+        if not self.held_bytes or self.overrides.get("no_pool"):
             return None
-        nbytes = int(examples * per_example * 1.01) + 2**20  # room for each tensor's alignment
+        nbytes = int(examples * self.held_bytes * 1.01) + 2**20  # room for each tensor's alignment
         return HeldPool(self._scratch("held_pool", 1, nbytes, torch.uint8)[0])
 
     def _flush(
