@@ -107,7 +107,7 @@ def _add_blocks(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, b
     """``target += left @ right.T`` (float64 ``target``): each ``block`` columns' product in the operands'
     precision, added in float64. Whole blocks go through one batched product where the columns allow it."""
     cols = left.shape[1]
-    whole = cols // block * block if left.stride(-1) == right.stride(-1) == 1 else 0
+    whole = cols // block * block if _unit_columns(left, right) else 0
     if whole:
         n = whole // block
         parts = torch.bmm(left[:, :whole].view(left.shape[0], n, block).transpose(0, 1),
