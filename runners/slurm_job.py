@@ -21,13 +21,15 @@ def run_cell(config_json: dict[str, Any], parent_run_id: str | None, inner: str,
     """Run one cell inside a SLURM job; returns ``{"run_id", "metrics", "skipped"}``.
 
     A cell that already has a FINISHED run in the store (finished by an earlier job) is not run
-    again. ``inner`` is the runner used inside the allocation (``local``, or ``deepspeed`` on the
-    job's GPUs); with ``local`` the run is tagged with the job id from the start.
+    again; SIGTERM inside the cell closes its run KILLED. ``inner`` is the runner used inside the
+    allocation (``local``, or ``deepspeed`` on the job's GPUs); with ``local`` the run is tagged with
+    the job id from the start.
     """
     import torch
     from mlflow.tracking import MlflowClient
 
     from benchmark.config import RunConfig
+    from benchmark.lifecycle import sigterm_as_interrupt
     from benchmark.resolve import resolve_run
     from benchmark.run import execute, start_tracker
     from benchmark.tracking import tracked
@@ -51,7 +53,9 @@ def run_cell(config_json: dict[str, Any], parent_run_id: str | None, inner: str,
     if inner == "local":
         tracker = start_tracker(run, parent_run_id=parent_run_id)
         tracker.set_tags(job_tags)
-        with tracked(tracker):
+        # submitit lets SIGTERM (scancel, the time limit) pass; the cell stops there and closes KILLED
+        # rather than run on until SLURM's SIGKILL leaves it RUNNING.
+        with sigterm_as_interrupt(), tracked(tracker):
             outcome = execute(run, tracker=tracker, finish=False)
     else:
         outcome = make_runner(inner, inner_options).launch(run, parent_run_id=parent_run_id)

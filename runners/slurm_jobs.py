@@ -167,7 +167,8 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
 def close_dead_run(run: RunConfig | ResolvedRun, parent_run_id: str | None, job: JobState, *, since_ms: int) -> str:
     """Record that the job of ``run`` died: its RUNNING run (or, if it never started one, a new run)
     is closed KILLED (cancelled, timed out, preempted) or FAILED (failed, out of memory, node failure),
-    tagged with SLURM's state and reason. Returns the error message."""
+    tagged with SLURM's state and reason. A run that closed itself keeps its status and error and
+    gains SLURM's tags. Returns the error message."""
     from mlflow.tracking import MlflowClient
 
     from benchmark.tracking import default_tracking_uri
@@ -182,15 +183,21 @@ def close_dead_run(run: RunConfig | ResolvedRun, parent_run_id: str | None, job:
         [experiment.experiment_id],
         filter_string=f"tags.config_hash = '{run.config_hash()}' and "
                       f"attributes.start_time >= {since_ms}")
+    slurm_tags = (("slurm_job_id", job.job_id), ("slurm_state", job.state), ("slurm_reason", job.reason))
     open_runs = [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
-    if not open_runs and any(r.info.status in ("FAILED", "KILLED") for r in runs):
-        return message  # the run closed itself (a Python error inside the job): nothing left open
+    closed = [r for r in runs if r.info.status in ("FAILED", "KILLED")]
+    if not open_runs and closed:
+        # The run closed itself (a Python error, or the job's SIGTERM) and keeps its own error: it
+        # gains SLURM's word on how the job ended.
+        latest = max(closed, key=lambda r: r.info.start_time or 0)
+        for key, value in slurm_tags:
+            client.set_tag(latest.info.run_id, key, value)
+        return message
     if not open_runs:
         tracker = start_tracker(run, parent_run_id=parent_run_id)
         open_runs = [client.get_run(tracker.run_id)]
     for found in open_runs:
-        for key, value in (("slurm_job_id", job.job_id), ("slurm_state", job.state),
-                           ("slurm_reason", job.reason), ("error", message), ("killed_reason", message)):
+        for key, value in (*slurm_tags, ("error", message), ("killed_reason", message)):
             client.set_tag(found.info.run_id, key, value)
         client.set_terminated(found.info.run_id, status=status)
     return message

@@ -207,9 +207,9 @@ def _follow(sweep: Any, followed: dict[str, Any], by_hash: dict[str, Any], store
 
     snapshot: dict[str, Any] = {"at": 0.0, "runs": {}}
 
-    def finished(cell_hash: str) -> bool:
+    def finished(cell_hash: str, *, fresh: bool = False) -> bool:
         # One store query per poll for all cells, not one per cell.
-        if time.monotonic() - snapshot["at"] > runner.options.poll_s / 2:
+        if fresh or time.monotonic() - snapshot["at"] > runner.options.poll_s / 2:
             snapshot["runs"], snapshot["at"] = store.runs_by_hash(), time.monotonic()
         done = [r for r in snapshot["runs"].get(cell_hash, []) if r.info.status == "FINISHED"]
         if done:
@@ -228,7 +228,9 @@ def _follow(sweep: Any, followed: dict[str, Any], by_hash: dict[str, Any], store
             cell.status = "running"
             sweep.display.refresh(f"running {cell.label}")
             return
-        if what == "done":
+        # A job cancelled just after its run closed FINISHED (the signal came in the job's last
+        # seconds) ends CANCELLED with a complete run: the cell is done. The snapshot may predate it.
+        if what == "done" or finished(cell_hash, fresh=True):
             cell.status = "done"
         else:
             cell.status = "failed"

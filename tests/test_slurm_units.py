@@ -110,3 +110,117 @@ def test_a_jobs_cell_runs_once_and_an_inner_runner_gets_the_resolved_run(tmp_pat
     assert through == {"run_id": through["run_id"], "metrics": {"dev_acc": 0.25}, "skipped": False}
     tags = MlflowClient(uri).get_run(through["run_id"]).data.tags
     assert tags["slurm_job_id"] == "4242" and tags["world_size"] == "2" and tags["config_hash"] == given.config_hash()
+
+
+def _cell(cell_hash: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(hash=cell_hash, label=cell_hash, config=cell_hash, status="pending", run_id="",
+                           metrics={}, seconds=0.0, error="")
+
+
+def test_a_job_cancelled_after_its_run_finished_is_a_done_cell(monkeypatch):
+    """`scancel` can land in a job's last seconds, after its run closed FINISHED: SLURM says CANCELLED, the
+    store's snapshot of that poll may predate the run's end. The cell is done (no KILLED run is added);
+    a cancelled job without a finished run is a failed cell closed through `close_dead_run`."""
+    from types import SimpleNamespace
+
+    from runners import slurm_jobs, slurm_sweep
+
+    finished = SimpleNamespace(info=SimpleNamespace(status="FINISHED", run_id="r-done", start_time=2),
+                               data=SimpleNamespace(metrics={"test_acc": 0.75, "wall_seconds": 3.0}))
+    queries: list[str | None] = []
+
+    class Store:
+        def runs_by_hash(self, config_hash=None):
+            queries.append(config_hash)
+            return {} if len(queries) == 1 else {"late": [finished]}  # the first snapshot predates the run's end
+
+    closed: list[tuple[str, str]] = []
+
+    def close_dead_run(config, parent, state, *, since_ms):
+        closed.append((config, state.state))
+        return f"SLURM job {state.job_id} ended {state.state} before the run finished"
+
+    monkeypatch.setattr(slurm_jobs, "job_states", lambda ids: {i: JobState(i, "CANCELLED") for i in ids})
+    monkeypatch.setattr(slurm_sweep, "close_dead_run", close_dead_run)
+    late, dead = _cell("late"), _cell("dead")
+    ended: list[str] = []
+    display = SimpleNamespace(start=lambda cells: None, refresh=lambda *a: None, stop=lambda: None,
+                              cell_done=lambda cell: ended.append(cell.hash))
+    parent = SimpleNamespace(status="", close=lambda status: setattr(parent, "status", status))
+    sweep = SimpleNamespace(display=display, cells=[late, dead], parent=parent)
+    runner = SimpleNamespace(options=SlurmOptions(poll_s=60))
+    slurm_sweep._follow(sweep, {"7_0": late, "7_1": dead}, {"late": late, "dead": dead}, Store(), runner, "p")
+    assert late.status == "done" and late.run_id == "r-done" and late.metrics["test_acc"] == 0.75
+    assert dead.status == "failed" and dead.error == "SLURM job 7_1 ended CANCELLED before the run finished"
+    assert closed == [("dead", "CANCELLED")] and ended == ["late", "dead"] and parent.status == "FAILED"
+    assert queries[:2] == [None, None]  # the cancelled job's cell asked the store again before being called dead
+
+
+def test_a_dead_jobs_run_is_closed_once_and_a_self_closed_run_keeps_its_error(tmp_path: Path, tiny_bert_dir: Path):
+    """`close_dead_run`: a RUNNING run is closed KILLED with SLURM's state; a run that closed itself (its own
+    error, or the job's SIGTERM) keeps status and error and gains SLURM's tags; no second run is opened."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.config import RunConfig
+    from benchmark.run import start_tracker
+    from benchmark.tracking import close_run
+    from runners.slurm_jobs import close_dead_run
+    from tests.test_cli_e2e import write_mr_fixture
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = RunConfig(task="mr", method="zero-shot", backbone=str(tiny_bert_dir), k=4, seed=13, test_cap=12,
+                       data_dir=write_mr_fixture(tmp_path / "data"), tracking_uri=uri, cache_dir=tmp_path / "cache")
+    since_ms = int(time.time() * 1000) - 1000
+    client = MlflowClient(uri)
+    running = start_tracker(config)
+    message = close_dead_run(config, None, JobState("9_0", "CANCELLED", "None", "0:15"), since_ms=since_ms)
+    assert message == "SLURM job 9_0 ended CANCELLED (exit 0:15) before the run finished"
+    run = client.get_run(running.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["slurm_state"] == "CANCELLED"
+    assert run.data.tags["error"] == message
+
+    config = config.model_copy(update={"seed": 21})
+    own = start_tracker(config)
+    close_run(own, "FAILED", "RuntimeError: out of cheese")
+    close_dead_run(config, None, JobState("9_1", "FAILED", "NonZeroExitCode", "1:0"), since_ms=since_ms)
+    run = client.get_run(own.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: out of cheese"
+    assert run.data.tags["slurm_state"] == "FAILED" and run.data.tags["slurm_job_id"] == "9_1"
+    experiment = client.get_experiment_by_name(config.experiment).experiment_id
+    assert len(client.search_runs([experiment])) == 2
+
+
+def test_sigterm_in_a_jobs_cell_closes_its_run_killed(tmp_path: Path, tiny_bert_dir: Path, monkeypatch):
+    """submitit lets SIGTERM (scancel, the time limit) through to the job; the cell stops at once and its run
+    closes KILLED instead of running on until SLURM's SIGKILL leaves it RUNNING."""
+    import os
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.config import RunConfig
+    from benchmark.lifecycle import Terminated
+    from runners.slurm_job import run_cell
+    from tests.test_cli_e2e import write_mr_fixture
+
+    def cancelled(run, tracker, finish):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop the cell")
+
+    monkeypatch.setattr("benchmark.run.execute", cancelled)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = RunConfig(task="mr", method="zero-shot", backbone=str(tiny_bert_dir), k=4, seed=13, test_cap=12,
+                       data_dir=write_mr_fixture(tmp_path / "data"), tracking_uri=uri, cache_dir=tmp_path / "cache")
+    started = time.monotonic()
+    with pytest.raises(Terminated):
+        run_cell(config.model_dump(mode="json"), None, "local", {})
+    assert time.monotonic() - started < 20
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(config.experiment).experiment_id])
+    assert run.info.status == "KILLED" and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
