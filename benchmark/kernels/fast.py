@@ -27,6 +27,11 @@ chunk) pass:
    are formed once per unit and the products are as wide as the unit. Sparse tensors are
    contracted by joining entries on their row id.
 
+Padding. Each batch's examples are run in order of length, and every batch run is cut to its
+longest example (the trailing columns its attention mask gives to no example), once one padded
+example's logits are seen not to change when its padding is cut (`benchmark.kernels.padding`);
+the kernels come back in the given order.
+
 All formulas come out of the same pass: ``sgd`` = (raw, raw), ``signgd`` = (sign, sign),
 ``asym`` = (sign, raw) and its flipped kernel (raw, sign). Every product sums at most 4,096
 columns in the operands' precision and adds those partial products into float64 accumulators
@@ -65,7 +70,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -76,19 +81,24 @@ from tqdm.auto import tqdm
 from benchmark.kernels.batches import Examples, accepted_keys, differentiable, prepare
 from benchmark.kernels.clock import now
 from benchmark.kernels.distributed import Ranks, dist_info, sum_over_ranks
+from benchmark.kernels.held import HeldPerWidth
 from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.memory import release_free_memory
+from benchmark.kernels.padding import by_length, lengths, mask_is_honoured, restore_order, trim_padding
 from benchmark.kernels.params import SelectedTensor
 from benchmark.kernels.passes import PassOps
 from benchmark.kernels.per_example import (
     Batch,
     Captured,
     batch_size,
+    modules_of,
     plan_slots,
     probe,
+    record,
     slice_batch,
 )
 from benchmark.kernels.planner import (
+    MAX_UNIT_EXAMPLES,
     Combo,
     Plan,
     Request,
@@ -152,6 +162,8 @@ class FastKernelEngine(PassOps):
         self.exact_signs = exact_signs
         self.twin: Twin | None = None
         self._bar: Any = None
+        self._trim = False  # cut each batch run to its longest example (`padding`)
+        self.held_per_width: HeldPerWidth | None = None  # held bytes per example against the batch's width
 
     def _mine(self, key: int) -> bool:
         """Whether work unit ``key`` belongs to this rank.
@@ -281,6 +293,7 @@ class FastKernelEngine(PassOps):
         tensors = [s.tensor for s in self.slots]
         with differentiable(self.model, tensors):
             t = now()
+            a, streams, order_a, orders = self._cut_padding(a, streams)
             sample = slice_batch(a.batches[0], 0, min(4, a.sizes[0]))
             failed, captured, C = probe(self.model, sample, self.slots, check=self.validate)
             self.num_outputs = C
@@ -292,6 +305,9 @@ class FastKernelEngine(PassOps):
             self._tick("probe", t)
             self.stats["activation_bytes"] = captured.recorded  # per example: recorded layer inputs and outputs
             self.held_bytes = self.stats["held_bytes"] = captured.held  # per streamed example held in a unit
+            self.held_per_width = self._fit_held(sample, captured)
+            if self.held_per_width is not None:
+                self.stats["held_per_token"] = self.held_per_width.per_token
             groups, chunk, max_batch = self._plan(a, streams, captured)
             if plan_only:
                 return {}
@@ -347,7 +363,64 @@ class FastKernelEngine(PassOps):
                 t = now()
                 sum_over_ranks(tensor for per_combo in kernels.values() for tensor in per_combo.values())
                 self._tick("gather", t)
-        return kernels
+        return {
+            name: {combo: restore_order(k, order_a, orders[name] if name in orders else order_a)
+                   for combo, k in per_combo.items()}
+            for name, per_combo in kernels.items()
+        }
+
+    def _cut_padding(
+        self, a: Examples, streams: dict[str, Examples | None]
+    ) -> tuple[Examples, dict[str, Examples | None], torch.Tensor | None, dict[str, torch.Tensor | None]]:
+        """Both sides with each batch's examples in order of length, and the orders to put the kernels back in
+        (`padding.by_length`), when the model attends by its mask (`padding.mask_is_honoured`); then every
+        batch run is cut to its longest example (`PassOps._backward`). Unchanged with the override
+        ``no_trim`` or a model whose logits change when padding is cut."""
+        self._trim = False
+        sides = [a, *(s for s in streams.values() if s is not None)]
+        if self.overrides.get("no_trim"):
+            return a, streams, None, {}
+        honoured = mask_is_honoured(self.model, sides)
+        if honoured is None:
+            return a, streams, None, {}
+        if not honoured:
+            logger.warning("the model's logits change when trailing padding (attention mask 0) is cut: "
+                           "its batches are run padded")
+            return a, streams, None, {}
+        self._trim = True
+        a, order_a = by_length(a)
+        sorted_streams: dict[str, Examples | None] = {}
+        orders: dict[str, torch.Tensor | None] = {}
+        for name, stream in streams.items():
+            if stream is None:
+                sorted_streams[name] = None
+                continue
+            sorted_streams[name], orders[name] = by_length(stream)
+        return a, sorted_streams, order_a, orders
+
+    def _fit_held(self, sample: dict[str, Any], captured: Captured) -> HeldPerWidth | None:
+        """With padding cut, how the bytes a streamed example holds grow with its batch's width: the probe's
+        sample recorded again cut to its longest example (a forward pass of a few examples); None when it
+        is not narrower (units are then sized by examples at the probe's width)."""
+        given, cut = sample.get("attention_mask"), trim_padding(sample)
+        narrow = cut.get("attention_mask")
+        if not self._trim or not isinstance(given, torch.Tensor) or narrow is given:
+            return None
+        width = int(given.shape[1])
+        size = batch_size(cut)
+        with record(modules_of(self.slots), size) as rec:
+            self.model(**cut)
+        held = rec.held_bytes(self.num_outputs) / size
+        del rec
+        return HeldPerWidth.fit((width, float(captured.held)), (int(narrow.shape[1]), held))
+
+    def _held_estimate(self, batch: dict[str, Any]) -> float:
+        """Bytes ``batch``'s records will hold in a unit (cut to its longest example when padding is cut)."""
+        size = batch_size(batch)
+        ends = lengths(batch)
+        if self.held_per_width is None or ends is None:
+            return size * self.held_bytes
+        return size * self.held_per_width.at(max(1, int(ends.max())))
 
     def _stream_target(
         self,
@@ -364,7 +437,17 @@ class FastKernelEngine(PassOps):
         assert self.plan is not None
         wide = pending is None and len(group.segments) > 1 and self.plan.unit_rows >= 2 * C * max_batch
         capacity = pending.capacity if pending is not None else self.plan.unit_rows if wide else None
-        for key, unit in enumerate(_units(stream, max_batch, C, capacity)):
+        room = None
+        if wide and self.held_per_width is not None and "unit_rows" not in self.overrides:
+            # the memory the plan gives a unit, at the probe's width; examples cut shorter hold less, so more fit
+            row = C * self.plan.segment_cols * stream_entry_bytes(self.combos, self.itemsize)
+            room = (lambda piece: self._held_estimate(piece) + batch_size(piece) * row,
+                    (self.plan.unit_rows // C) * (self.held_bytes + row))
+        units = _units(stream, max_batch, C, capacity, room)
+        if wide:
+            widest = max(C * sum(batch_size(piece) for _, piece in unit) for unit in units)
+            self.stats["unit_rows_run"] = max(self.stats.get("unit_rows_run", 0), widest)
+        for key, unit in enumerate(units):
             if not self._mine(key):
                 self._advance(sum(batch_size(piece) for _, piece in unit))
                 continue
@@ -413,22 +496,32 @@ class FastKernelEngine(PassOps):
                     place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
 
 
-def _units(stream: Examples, max_batch: int, C: int, capacity: int | None) -> list[list[tuple[int, dict[str, Any]]]]:
+def _units(
+    stream: Examples, max_batch: int, C: int, capacity: int | None,
+    room: tuple[Callable[[dict[str, Any]], float], float] | None = None,
+) -> list[list[tuple[int, dict[str, Any]]]]:
     """Work units of a streamed side: consecutive sub-batches, as many as fill ``capacity`` rows (one product).
 
-    Units depend only on the batches and the plan, never on the number of processes, so each
-    product has the same shape (and rounding) whichever rank computes it.
+    With ``room`` = (bytes of a sub-batch, bytes of a unit), a unit takes sub-batches
+    while their bytes fit, up to `planner.MAX_UNIT_EXAMPLES` examples. Units depend only on the
+    batches and the plan, never on the number of processes, so each product has the same shape (and
+    rounding) whichever rank computes it.
     """
     units: list[list[tuple[int, dict[str, Any]]]] = []
-    rows = 0
+    rows, used = 0, 0.0
+    if room is not None:
+        capacity = C * MAX_UNIT_EXAMPLES
     for first, batch in stream.pieces(0, stream.total, 10**12):
         for s0, piece in _split(first, batch, max_batch):
             need = C * batch_size(piece)
-            if capacity is None or not units or rows + need > capacity:
+            cost = room[0](piece) if room is not None else 0.0
+            full = room is not None and used + cost > room[1]
+            if capacity is None or not units or rows + need > capacity or full:
                 units.append([])
-                rows = 0
+                rows, used = 0, 0.0
             units[-1].append((s0, piece))
             rows += need
+            used += cost
     return units
 
 

@@ -11,6 +11,7 @@ whole memory that the next batch reuses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,3 +73,26 @@ class HeldPool:
         for per_logit, key, copy in moved_grads:
             per_logit[key] = copy
         return True
+
+
+@dataclass(frozen=True)
+class HeldPerWidth:
+    """Bytes a streamed example holds in a unit as a function of its batch's width (tokens run):
+    ``fixed + per_token * width``, fitted from the probe's records at two widths (`fit`)."""
+
+    fixed: float
+    per_token: float
+
+    def at(self, width: int) -> float:
+        """Bytes per example of a batch ``width`` tokens wide."""
+        return self.fixed + self.per_token * width
+
+    @staticmethod
+    def fit(wide: tuple[int, float], narrow: tuple[int, float]) -> HeldPerWidth | None:
+        """Through (width, bytes per example) at two widths; None when they do not give a growing line."""
+        (w1, h1), (w0, h0) = wide, narrow
+        if w1 <= w0 or h1 <= h0:
+            return None
+        per_token = (h1 - h0) / (w1 - w0)
+        fixed = max(0.0, h1 - per_token * w1)
+        return HeldPerWidth(fixed, (h1 - fixed) / w1)

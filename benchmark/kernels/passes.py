@@ -21,6 +21,7 @@ from benchmark.kernels.factored import FactorOps
 from benchmark.kernels.held import HeldPool
 from benchmark.kernels.layout import FactorBatch, Group, Pending, Segment, Stored, Twin, place
 from benchmark.kernels.memory import release_free_memory
+from benchmark.kernels.padding import trim_padding
 from benchmark.kernels.per_example import (
     Slot,
     SparseRows,
@@ -54,6 +55,7 @@ class PassOps(FactorOps):
     stats: dict[str, Any]
     _scratches: dict[str, torch.Tensor]
     _bar: Any
+    _trim: bool
 
     # ------------------------------------------------------------------ timing helpers
     def _tick(self, key: str, start: tuple[float, float]) -> tuple[float, float]:
@@ -100,6 +102,12 @@ class PassOps(FactorOps):
     ) -> tuple[Any, list[dict[int, torch.Tensor]], torch.Tensor | None]:
         model = model if model is not None else self.model
         t = now()
+        if self._trim:
+            given = batch["attention_mask"].numel() if "attention_mask" in batch else 0
+            batch = trim_padding(batch)
+            kept = batch["attention_mask"].numel() if "attention_mask" in batch else 0
+            self.stats["tokens_given"] = self.stats.get("tokens_given", 0) + given
+            self.stats["tokens_run"] = self.stats.get("tokens_run", 0) + kept
         with record(group.modules, batch_size(batch)) as rec:
             logits = model(**batch)
         t = self._tick("forward", t)
@@ -328,7 +336,7 @@ class PassOps(FactorOps):
         C = self.num_outputs
         held = []
         offset = 0
-        pool = self._held_pool(sum(batch_size(batch) for _, batch in unit))
+        pool = self._held_pool(sum(self._held_estimate(batch) for _, batch in unit))
         for first, batch in unit:
             size = batch_size(batch)
             rec, grads, fallback = self._backward(group, batch)
@@ -371,11 +379,15 @@ class PassOps(FactorOps):
         return [(first, size, lambda combo, at=at, size=size: wide[combo][:, at : at + C * size])
                 for first, size, at, *_ in held]
 
-    def _held_pool(self, examples: int) -> HeldPool | None:
-        """The buffer a unit's records are copied into (`held.HeldPool`), sized from the probe's held bytes."""
+    def _held_estimate(self, batch: dict[str, Any]) -> float:
+        raise NotImplementedError  # `fast.FastKernelEngine._held_estimate`
+
+    def _held_pool(self, held: float) -> HeldPool | None:
+        """The buffer a unit's records (``held`` bytes, as estimated from the probe) are copied into
+        (`held.HeldPool`)."""
         if not self.held_bytes or self.overrides.get("no_pool"):
             return None
-        nbytes = int(examples * self.held_bytes * 1.01) + 2**20  # room for each tensor's alignment
+        nbytes = int(held * 1.01) + 2**20  # room for each tensor's alignment
         return HeldPool(self._scratch("held_pool", 1, nbytes, torch.uint8)[0])
 
     def _flush(

@@ -130,14 +130,25 @@ def _report_fast(echo: Callable[[str], None], fast: Measured, stats: dict[str, A
          f"{stats.get('formed_cpu', 0):.2f} s")
     echo(f"  plan: {stats.get('passes')} pass(es), chunk {stats.get('chunk')} train examples, "
          f"{stats.get('groups')} parameter group(s), max batch {stats.get('max_batch')}, "
-         f"segment {stats.get('segment_cols')} columns, streamed units of {stats.get('unit_rows') or '-'} rows, "
+         f"segment {stats.get('segment_cols')} columns, streamed units of {stats.get('unit_rows') or '-'} rows"
+         f"{_units_run(stats)}, "
          f"fallback {stats.get('fallback_params') or 'none'}")
     echo(f"  training side stored as: {stats.get('representation', 'per-example gradients')}")
+    if stats.get("tokens_given"):
+        run, given = stats["tokens_run"], stats["tokens_given"]
+        echo(f"  padding: batches run cut to their longest example (each batch ordered by length): "
+             f"{run:,} of {given:,} token positions run ({1 - run / given:.0%} cut)")
     if "activation_bytes" in stats:
         grads = C * int(stats.get("dense_cols", dense)) * 4
         recorded = int(stats["activation_bytes"])
         echo(f"  per training example: per-example gradients {grads / 2**20:.0f} MiB; recorded layer inputs and "
              f"outputs {recorded / 2**20:.1f} MiB")
+
+
+def _units_run(stats: dict[str, Any]) -> str:
+    """How wide the streamed units ran when examples cut shorter let more into one (else nothing)."""
+    run, planned = stats.get("unit_rows_run", 0), stats.get("unit_rows") or 0
+    return f" at the probe's width (up to {run} run, examples cut shorter)" if run > planned else ""
 
 
 def _report_plan(echo: Callable[[str], None], model: torch.nn.Module, train: list, evals: list, formulas: list[str],
