@@ -170,7 +170,7 @@ def test_held_bytes_grow_with_the_width_as_the_probe_fitted_them(model) -> None:
 
 
 def test_units_take_cut_batches_while_their_bytes_fit() -> None:
-    from benchmark.kernels.fast import _units
+    from benchmark.kernels.units import stream_units
 
     widths = [2, 2, 3, 3, 5, 5, 8, 8]
     mask = torch.tensor([[1] * w + [0] * (8 - w) for w in widths])
@@ -179,7 +179,7 @@ def test_units_take_cut_batches_while_their_bytes_fit() -> None:
     def cost(piece: dict) -> float:  # 10 bytes per example-token of the cut sub-batch
         return 10.0 * piece["attention_mask"].shape[0] * int(piece["attention_mask"].sum(1).max())
 
-    units = _units(stream, 2, 2, None, (cost, 100.0))
+    units = stream_units(stream, 2, 2, None, (cost, 100.0))
     assert [[first for first, _ in unit] for unit in units] == [[0, 2], [4], [6]]  # 40 + 60, then 100, then 160
-    by_rows = _units(stream, 2, 2, 8, None)
+    by_rows = stream_units(stream, 2, 2, 8, None)
     assert [[first for first, _ in unit] for unit in by_rows] == [[0, 2], [4, 6]]

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -98,7 +98,6 @@ from benchmark.kernels.per_example import (
     slice_batch,
 )
 from benchmark.kernels.planner import (
-    MAX_UNIT_EXAMPLES,
     Combo,
     Plan,
     Request,
@@ -108,6 +107,7 @@ from benchmark.kernels.planner import (
     stored_needs,
     stream_entry_bytes,
 )
+from benchmark.kernels.units import stream_units
 from registry import BenchError
 
 #: Re-exported for callers of the former single module.
@@ -443,7 +443,7 @@ class FastKernelEngine(PassOps):
             row = C * self.plan.segment_cols * stream_entry_bytes(self.combos, self.itemsize)
             room = (lambda piece: self._held_estimate(piece) + batch_size(piece) * row,
                     (self.plan.unit_rows // C) * (self.held_bytes + row))
-        units = _units(stream, max_batch, C, capacity, room)
+        units = stream_units(stream, max_batch, C, capacity, room)
         if wide:
             widest = max(C * sum(batch_size(piece) for _, piece in unit) for unit in units)
             self.stats["unit_rows_run"] = max(self.stats.get("unit_rows_run", 0), widest)
@@ -494,41 +494,3 @@ class FastKernelEngine(PassOps):
                 for x, y in self.combos:
                     place(out[(x, y)], blocks[(x, y)], stored.start, stored.size, first, size, C)
                     place(out[(x, y)], blocks[(y, x)], stored.start, stored.size, first, size, C, transpose=True)
-
-
-def _units(
-    stream: Examples, max_batch: int, C: int, capacity: int | None,
-    room: tuple[Callable[[dict[str, Any]], float], float] | None = None,
-) -> list[list[tuple[int, dict[str, Any]]]]:
-    """Work units of a streamed side: consecutive sub-batches, as many as fill ``capacity`` rows (one product).
-
-    With ``room`` = (bytes of a sub-batch, bytes of a unit), a unit takes sub-batches
-    while their bytes fit, up to `planner.MAX_UNIT_EXAMPLES` examples. Units depend only on the
-    batches and the plan, never on the number of processes, so each product has the same shape (and
-    rounding) whichever rank computes it.
-    """
-    units: list[list[tuple[int, dict[str, Any]]]] = []
-    rows, used = 0, 0.0
-    if room is not None:
-        capacity = C * MAX_UNIT_EXAMPLES
-    for first, batch in stream.pieces(0, stream.total, 10**12):
-        for s0, piece in _split(first, batch, max_batch):
-            need = C * batch_size(piece)
-            cost = room[0](piece) if room is not None else 0.0
-            full = room is not None and used + cost > room[1]
-            if capacity is None or not units or rows + need > capacity or full:
-                units.append([])
-                rows, used = 0, 0.0
-            units[-1].append((s0, piece))
-            rows += need
-            used += cost
-    return units
-
-
-def _split(first: int, batch: dict[str, Any], max_batch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    size = batch_size(batch)
-    if size <= max_batch:
-        yield first, batch
-        return
-    for s in range(0, size, max_batch):
-        yield first + s, slice_batch(batch, s, min(size, s + max_batch))
