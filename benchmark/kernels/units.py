@@ -7,11 +7,11 @@ unit (or gathered rows of a one-segment group, `layout.Pending`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from benchmark.kernels.batches import Examples
-from benchmark.kernels.per_example import batch_size, slice_batch
+from benchmark.kernels.per_example import batch_size
 from benchmark.kernels.planner import MAX_UNIT_EXAMPLES
 
 
@@ -30,24 +30,15 @@ def stream_units(
     rows, used = 0, 0.0
     if room is not None:
         capacity = C * MAX_UNIT_EXAMPLES
-    for first, batch in stream.pieces(0, stream.total, 10**12):
-        for s0, piece in _split(first, batch, max_batch):
-            need = C * batch_size(piece)
-            cost = room[0](piece) if room is not None else 0.0
-            full = room is not None and used + cost > room[1]
-            if capacity is None or not units or rows + need > capacity or full:
-                units.append([])
-                rows, used = 0, 0.0
-            units[-1].append((s0, piece))
-            rows += need
-            used += cost
+    for first, piece in stream.pieces(0, stream.total, max_batch):
+        need = C * batch_size(piece)
+        cost = room[0](piece) if room is not None else 0.0
+        full = room is not None and used + cost > room[1]
+        if capacity is None or not units or rows + need > capacity or full:
+            units.append([])
+            rows, used = 0, 0.0
+        units[-1].append((first, piece))
+        rows += need
+        used += cost
     return units
 
-
-def _split(first: int, batch: dict[str, Any], max_batch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    size = batch_size(batch)
-    if size <= max_batch:
-        yield first, batch
-        return
-    for s in range(0, size, max_batch):
-        yield first + s, slice_batch(batch, s, min(size, s + max_batch))
