@@ -18,7 +18,7 @@ import torch
 
 from benchmark.kernels.clock import now
 from benchmark.kernels.layout import FactorBatch, Group, Segment, Stored, Twin
-from benchmark.kernels.per_example import Slot, factors_of, live_tokens
+from benchmark.kernels.per_example import Slot, factors_of, live_tokens, view_key
 from benchmark.kernels.planner import Plan
 
 
@@ -122,7 +122,7 @@ class FactorOps:
         at: dict[tuple[int, tuple[int, ...], tuple[int, ...]], tuple[int, torch.Tensor]] = {}
         total = 0
         for t in tensors:
-            key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+            key = view_key(t)
             if key not in at:
                 at[key] = (total, t)
                 total += t.numel()
@@ -133,7 +133,7 @@ class FactorOps:
             copies[key].copy_(t)
 
         def copy_of(t: torch.Tensor) -> torch.Tensor:
-            return copies[(t.data_ptr(), tuple(t.shape), tuple(t.stride()))]
+            return copies[view_key(t)]
 
         return {index: [([copy_of(x) for x in lefts], copy_of(right)) for lefts, right in terms]
                 for index, terms in terms_of.items()}

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from benchmark.kernels.per_example import view_key
+
 #: Start of every tensor in the buffer, in bytes (a multiple of every element size).
 ALIGN = 64
 
@@ -52,7 +54,7 @@ class HeldPool:
         inputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
         moved_inputs = []
         for call in rec.order:
-            key = (call.input.data_ptr(), tuple(call.input.shape), tuple(call.input.stride()))
+            key = view_key(call.input)
             if key not in inputs:
                 copy = self.keep(call.input)
                 if copy is None:

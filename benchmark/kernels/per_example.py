@@ -314,6 +314,12 @@ def sparse_join(
         start_entry = stop_entry
 
 
+def view_key(tensor: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Where a view lies (its memory, shape and strides): equal for the same view of the same memory, as
+    a query, key and value projection's shared input (a view object's id is reused once it is freed)."""
+    return tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride())
+
+
 def slice_batch(batch: Batch, start: int, stop: int) -> dict[str, Any]:
     """Examples ``start:stop`` of a batch (tensors with a leading batch dimension are sliced)."""
     size = batch_size(batch)
