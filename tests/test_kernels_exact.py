@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmark.kernels import empirical_ntks, select_parameters
+from benchmark.kernels.factored import _give_fixed_signs
 from benchmark.kernels.fast import FastKernelEngine
 from benchmark.kernels.products import accumulate, gram, product
 from benchmark.models import PromptLogitModel
@@ -177,8 +178,67 @@ def test_sign_products_are_exact_integers_and_either_operand_order_agrees() -> N
         assert _relative(product(x, y, sign_right=True), expected) < 1e-6
     for x, y in ((left_sign, right), (right_sign, left)):  # sign x sign of a float side: exact integers
         assert torch.equal(product(x, y, sign_right=True), (x.long() @ torch.sign(y).long().t()).double())
-    with pytest.raises(ValueError, match="signs of a floating-point operand"):
+    # the signs of a float left operand (a formed stored side's), alone or with the right's
+    for x, y in ((left, right), (right, left), (left[:, ::2], right[:, ::2]), (left, right_sign)):
+        expected = torch.sign(x).double() @ y.double().t()
+        assert _relative(product(x, y, sign_left=True), expected) < 1e-6, (x.shape, y.dtype)
+    for x, y in ((left, right), (right, left)):
+        both = product(x, y, sign_left=True, sign_right=True)
+        assert torch.equal(both, torch.sign(x).double() @ torch.sign(y).double().t())
+    with pytest.raises(ValueError, match="sign_right takes the signs of a floating-point operand"):
         product(left, right_sign, sign_right=True)
+    with pytest.raises(ValueError, match="sign_left takes the signs of a floating-point operand"):
+        product(left_sign, right, sign_left=True)
+
+
+def test_fixed_signs_keep_magnitudes_within_round_off() -> None:
+    """`_give_fixed_signs` on a strided view: flipped entries keep their magnitude, zeros become the
+    smallest normal value of the fixed sign, a fixed zero sign zeroes the entry; nothing else moves."""
+    base = torch.arange(1.0, 25.0).view(4, 6)
+    base[1, 2] = 0.0
+    before = base.clone()
+    view = base[1:3, 1:5]  # rows of stride 6, as a formed piece inside a segment's columns
+    wrong = torch.tensor([0 * 4 + 1, 1 * 4 + 0, 1 * 4 + 3])  # (0, 1) = base[1, 2] (zero), (1, 0), (1, 3)
+    _give_fixed_signs(view, wrong, torch.tensor([-1.0, -1.0, 0.0]))
+    tiny = torch.finfo(torch.float32).tiny
+    assert base[1, 2] == -tiny and base[2, 1] == -before[2, 1] and base[2, 4] == 0
+    untouched = torch.ones_like(base, dtype=torch.bool)
+    untouched[1, 2] = untouched[2, 1] = untouched[2, 4] = False
+    assert torch.equal(base[untouched], before[untouched])
+
+
+class _Underflowing(torch.nn.Module):
+    """A factored layer and a plain parameter ``p`` whose float64 gradient, ``exp(-115 u) w`` with
+    ``u = 1`` (the first token), is ~1e-50: below float32's smallest value, so the stored float32
+    gradient rounds to 0 while its float64 sign is that of ``w``. Eval examples (``u = 0``) have ``w``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(4, 6)
+        self.p = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+        self.register_buffer("w", torch.tensor([1.0, -2.0, 3.0]))
+        self.register_buffer("scale", torch.tensor([1.0, 2.0, -1.0, 0.5]))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = input_ids.to(self.w.dtype)
+        h = self.proj(x.unsqueeze(-1) * self.scale).sum(1).view(-1, 2, 3).sum(-1)  # [B, 2]
+        return h + torch.exp(-115 * x[:, :1]) * (self.p * self.w).sum()
+
+
+def test_stored_gradients_below_float32_keep_their_float64_signs() -> None:
+    """``asym`` with a factored training side takes the stored signs from the formed raw columns; a
+    stored entry that underflows in float32 still gives its float64 sign there."""
+    model = _Underflowing()
+    a = [{"input_ids": torch.tensor([[1.0, 0.3], [1.0, -0.4]])}]
+    b = [{"input_ids": torch.tensor([[0.0, 0.2], [0.0, 0.7], [0.0, -0.5]])}]
+    stats: dict = {}
+    engine = FastKernelEngine(model, select_parameters(model), [(True, False), (False, True)],
+                              memory_budget=2**30, overrides={"factors": 1}, stats=stats)
+    got = engine.run(a, {"ab": b})["ab"][(True, False)]
+    assert stats["factored"] == 1
+    exact = empirical_ntks(copy.deepcopy(model).double(), a, {"ab": b}, formulas=["asym"], progress=False)
+    assert _relative(got, exact["ab"]["asym"].kernel) <= 1e-6
 
 
 def test_sign_only_formula_stores_int8_signs_only(models) -> None:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from benchmark.kernels.planner import MAX_SEGMENT, MIN_WORK_BYTES, Request, TensorSize, plan
+from benchmark.kernels.planner import MAX_SEGMENT, MIN_WORK_BYTES, Request, TensorSize, plan, signs_from_raw
 
 SGD, SIGNGD = ((False, False),), ((True, True),)
 ASYM = ((True, False), (False, True))
@@ -226,6 +226,26 @@ def test_streamed_units_are_sized_from_the_measured_held_bytes() -> None:
     assert 2 * measured.max_batch < measured.unit_rows < 2 * 128
     assert _streaming_bytes(request, measured, stored, examples) <= avail < _streaming_bytes(
         request, measured, stored, examples + 1)
+
+
+def test_asym_takes_the_stored_signs_from_the_formed_raw_columns() -> None:
+    """``asym`` forms the stored raw columns (its flip uses them) and takes their signs inside the products: one
+    segment's formed columns are float32 only, as for ``sgd``, and the unit takes the memory int8 copies would.
+    The integer sign x sign product (``signgd``) still needs int8 signs formed."""
+    assert signs_from_raw(ASYM, store_raw=True) and signs_from_raw(((True, False),), store_raw=True)
+    assert not signs_from_raw(ASYM + SIGNGD, store_raw=True)  # int8 x int8
+    assert not signs_from_raw(SGD, store_raw=True)  # no signs on the stored side
+    assert not signs_from_raw(((True, False),), store_raw=False)  # no raw gradients to take them from
+    common = dict(n_a=32, targets=(1064,), tensors=_roberta_base_tensors(), longest=64, overrides={"factors": 1})
+    request = dataclasses.replace(_request(ASYM, budget=8 * 2**30, **common), captured=2 * 42 * MiB,
+                                  batch_sizes=(16,) * 4, held=84 * MiB)
+    chosen = plan(request)
+    assert chosen.store_raw and chosen.store_sign
+    stored = 32 * sum(_factor_or_dense(request, t) for t in request.tensors)
+    examples = chosen.unit_rows // 2
+    avail = request.budget - _kernel_bytes(request)
+    assert _streaming_bytes(request, chosen, stored, examples) <= avail < _streaming_bytes(
+        request, chosen, stored, examples + 1)
 
 
 def _kernel_bytes(r: Request) -> int:

@@ -158,14 +158,15 @@ class FactorOps:
         return formed
 
     def _stored_columns(
-        self, group: Group, stored: Stored, segment: Segment, variants: set[bool]
+        self, group: Group, stored: Stored, segment: Segment, variants: set[bool], *, exact_raw_signs: bool = False
     ) -> dict[bool, torch.Tensor]:
         """The stored side's columns of ``segment`` (``[C * A, columns]``), raw and/or signed, per variant.
 
         Without factored slots these are views of the stored buffers. Otherwise a factored slot's
         columns are formed again from its factors (``left_c^T @ right`` per example, summed over the
         calls; signs corrected by the piece's fixes, see `_store_factored`) and the others are
-        copied, into work buffers kept across batches.
+        copied, into work buffers kept across batches. With ``exact_raw_signs`` the raw columns'
+        own signs are made the stored signs (`_give_fixed_signs`), for products that take them there.
         """
         if not group.factored:
             return {v: stored.variant(v)[:, segment.start : segment.stop] for v in variants}
@@ -185,6 +186,8 @@ class FactorOps:
                     at = slice(c * A + piece.first, c * A + piece.first + piece.size)
                     if False in out:  # formed where it is used: no copy through a work buffer
                         raw = self._form(piece, c, slot, into=out[False][at, columns])
+                        if exact_raw_signs and piece.fixes:
+                            _give_fixed_signs(raw, *piece.fixes[c])
                     if True in out:  # the signs, through a work buffer (the fixes index its entries)
                         signs = self._scratch("formed_piece", piece.size, slot.numel, self.dtype)
                         torch.sign(raw if False in out else self._form(piece, c, slot), out=signs)
@@ -197,6 +200,20 @@ class FactorOps:
 
 
 Terms = list[tuple[list[torch.Tensor], torch.Tensor]]
+
+
+def _give_fixed_signs(raw: torch.Tensor, wrong: torch.Tensor, fixed: torch.Tensor) -> None:
+    """Give the entries ``wrong`` (flat indices into ``raw``'s ``[rows, columns]``) the signs ``fixed``.
+
+    Each keeps its magnitude (the smallest normal value where it was formed as zero), or becomes
+    zero where the fixed sign is zero. A fixed entry's float64 value lies within the float32
+    forming's round-off of zero, so the raw value moves by no more than that round-off.
+    """
+    if not wrong.numel():
+        return
+    rows, cols = wrong // raw.shape[1], wrong % raw.shape[1]
+    values = raw[rows, cols].abs().clamp_min_(torch.finfo(raw.dtype).tiny)
+    raw[rows, cols] = fixed * values
 
 
 def _pieces(first: int, size: int, kept: Terms, exact: Terms) -> list[tuple[FactorBatch, FactorBatch]]:

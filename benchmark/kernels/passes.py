@@ -32,8 +32,8 @@ from benchmark.kernels.per_example import (
     sparse_join,
     write_dense,
 )
-from benchmark.kernels.planner import Combo, Plan
-from benchmark.kernels.products import accumulate, gram, product
+from benchmark.kernels.planner import Combo, Plan, signs_from_raw
+from benchmark.kernels.products import accumulate, gram
 
 #: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (512 KiB: in
 #: cache for the copy; 1.45 G entries/s on one core where 16 MiB chunks ran at 1.15).
@@ -260,7 +260,15 @@ class PassOps(FactorOps):
         if dense is not None:
             dense[at, columns].copy_(exact)
         if dense_sign is not None:
-            dense_sign[at, columns].copy_(exact.sign_())
+            signs = exact.sign_()
+            dense_sign[at, columns].copy_(signs)
+            if dense is not None and dense.dtype != signs.dtype:
+                # an entry below the model precision's smallest value rounds to zero: it keeps its sign
+                # (as the smallest normal value), so that the raw gradients' signs are the stored signs
+                rounded = dense[at, columns]
+                lost = (rounded == 0) & (signs != 0)
+                if lost.any():
+                    rounded[lost] = signs[lost].to(dense.dtype) * torch.finfo(dense.dtype).tiny
 
     # ------------------------------------------------------------------ stream
     def _stream(
@@ -353,9 +361,10 @@ class PassOps(FactorOps):
                 for combo in combos}
         fb_offsets = self._fb_offsets(group)
         need_sign = (True, True) in combos  # int8 streamed signs only for the integer sign x sign product
-        variants = {x for x, _ in combos}
+        from_raw = self._signs_from_raw(group, combos)
+        variants = {False} if from_raw else {x for x, _ in combos}
         for segment in group.segments:
-            stored_cols = self._stored_columns(group, stored, segment, variants)
+            stored_cols = self._stored_columns(group, stored, segment, variants, exact_raw_signs=from_raw)
             t = now()
             cols = segment.stop - segment.start
             work = self._scratch("stream", offset, cols, self.dtype)
@@ -366,11 +375,8 @@ class PassOps(FactorOps):
                 rec.drop_caches()  # a segment's tensors are assembled once per unit: nothing reuses them
             work_sign = self._signs(work, "stream_sign") if need_sign else None
             t = self._tick("per_example", t)
-            for x, y in combos:
-                if x and y and work_sign is not None:  # sign x sign: both int8, an exact integer product
-                    accumulate(wide[(x, y)], stored_cols[x], work_sign)
-                else:  # a float side's signs are taken a block at a time inside the product
-                    accumulate(wide[(x, y)], stored_cols[x], work, sign_right=y)
+            for combo in combos:
+                self._multiply(wide[combo], stored_cols, work, work_sign, combo, from_raw)
             self._tick("contract", t)
         for _, size, at, rec, grads, _ in held:
             views = {combo: block[:, at : at + C * size] for combo, block in wide.items()}
@@ -378,6 +384,30 @@ class PassOps(FactorOps):
             self._advance(size)
         return [(first, size, lambda combo, at=at, size=size: wide[combo][:, at : at + C * size])
                 for first, size, at, *_ in held]
+
+    def _signs_from_raw(self, group: Group, combos: list[Combo]) -> bool:
+        """Whether this group's stored signs are taken from its formed raw columns inside the products
+        (`planner.signs_from_raw`; only formed columns, whose signs `_stored_columns` makes exact)."""
+        assert self.plan is not None
+        return bool(group.factored) and signs_from_raw(combos, self.plan.store_raw)
+
+    @staticmethod
+    def _multiply(
+        out: torch.Tensor,
+        stored_cols: dict[bool, torch.Tensor],
+        work: torch.Tensor,
+        work_sign: torch.Tensor | None,
+        combo: Combo,
+        from_raw: bool,
+    ) -> None:
+        """``out += `` the stored columns (or their signs) times the streamed rows ``work`` (or their signs)."""
+        x, y = combo
+        if x and y and work_sign is not None:  # sign x sign: both int8, an exact integer product
+            accumulate(out, stored_cols[True], work_sign)
+        elif from_raw:  # both sides' signs taken a block at a time inside the product
+            accumulate(out, stored_cols[False], work, sign_left=x, sign_right=y)
+        else:  # a float side's signs are taken a block at a time inside the product
+            accumulate(out, stored_cols[x], work, sign_right=y)
 
     def _held_estimate(self, batch: dict[str, Any]) -> float:
         raise NotImplementedError  # `fast.FastKernelEngine._held_estimate`
@@ -396,20 +426,20 @@ class PassOps(FactorOps):
         """Multiply the pending streamed rows with the stored side and place the blocks."""
         if not pending.used:
             return
-        stored_cols = self._stored_columns(group, stored, group.segments[0], {x for x, _ in self.combos})
+        from_raw = self._signs_from_raw(group, self.combos)
+        variants = {False} if from_raw else {x for x, _ in self.combos}
+        stored_cols = self._stored_columns(group, stored, group.segments[0], variants, exact_raw_signs=from_raw)
         t = now()
         C = self.num_outputs
         work = pending.work[: pending.used]
         need_sign = (True, True) in self.combos  # as in `_stream_unit`
         work_sign = self._signs(work, "flush_sign") if need_sign else None
         t = self._tick("per_example", t)
-        for x, y in self.combos:
-            if x and y and work_sign is not None:
-                block = product(stored_cols[x], work_sign)
-            else:
-                block = product(stored_cols[x], work, sign_right=y)
+        for combo in self.combos:
+            block = torch.zeros(C * stored.size, work.shape[0], dtype=torch.float64, device=self.device)
+            self._multiply(block, stored_cols, work, work_sign, combo, from_raw)
             for first, size, offset in pending.pieces:
-                place(out[(x, y)], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
+                place(out[combo], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []
         self._tick("contract", t)
 

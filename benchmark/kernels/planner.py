@@ -18,14 +18,16 @@ model, and changes none of its inputs; the engine carries the plan out. It decid
   ``T * (n + C * m)`` numbers per example instead of ``C * m * n``; when the raw per-example
   gradients need more than one pass, the plan stores every tensor for which that is smaller as
   factors, and keeps that choice if its estimated work (`_cost`: passes, and forming the stored
-  columns again) is smaller. The stored columns of a factored
-  tensor are formed again from the factors, one segment at a time, where they are multiplied;
-  so that this happens rarely and the products are wide, the streamed batches are then taken in
-  units (``unit_rows``: their recorded inputs and output gradients held together in one buffer,
-  ``Request.held`` bytes per example as the probe measured them). Segments are then as narrow as the widest tensor
-  and the unit takes all the memory that the stored side, one segment of its formed columns and
-  the in-flight batch's graph leave (`_unit_examples`): at 16-shot SST-2 on roberta-base, products
-  of 94 streamed rows ran at ~72 GFLOP/s on one core and of 128 rows at ~93;
+  columns again) is smaller. The stored columns of a factored tensor are formed again from the
+  factors, one segment at a time, where they are multiplied (where the raw gradients are formed
+  anyway, the signs are taken from them inside the products, `signs_from_raw`, not formed beside
+  them); so that this happens rarely and the products are wide, the streamed batches are then
+  taken in units (``unit_rows``: their recorded inputs and output gradients held together in one
+  buffer, ``Request.held`` bytes per example as the probe measured them). Segments are then as
+  narrow as the widest tensor and the unit takes all the memory that the stored side, one segment
+  of its formed columns and the in-flight batch's graph leave (`_unit_examples`): at 16-shot
+  SST-2 on roberta-base, products of 94 streamed rows ran at ~72 GFLOP/s on one core and of 128
+  rows at ~93;
 * the largest batch and the column segment width of the streamed side.
 """
 
@@ -118,6 +120,16 @@ def stored_needs(combos: tuple[Combo, ...], symmetric: bool) -> tuple[bool, bool
     """(raw, sign) needed on the stored side; an ``a x a`` target also uses it as the other side."""
     sides = {x for x, _ in combos} | ({y for _, y in combos} if symmetric else set())
     return False in sides, True in sides
+
+
+def signs_from_raw(combos: tuple[Combo, ...] | list[Combo], store_raw: bool) -> bool:
+    """Whether the formed stored columns' signs are taken from their raw gradients inside the products.
+
+    So where the raw gradients are formed anyway (a formula uses them on the stored side) and no
+    product is the integer sign x sign one (``signgd``): the signs then cost no int8 copy and no
+    widening back to float (`products.accumulate`'s ``sign_left``).
+    """
+    return store_raw and (True, True) not in combos and any(x for x, _ in combos)
 
 
 def stream_entry_bytes(combos: tuple[Combo, ...] | list[Combo], itemsize: int) -> int:
@@ -264,8 +276,11 @@ def _unit_examples(
     of the streamed segment. Wider units mean fewer formings of the stored columns and wider products.
     """
     C = r.num_outputs
-    store_raw, store_sign = stored_needs(r.combos, any(t is None for t in r.targets))
-    formed = C * min(chunk, r.n_a) * seg_cols * entry_bytes(store_raw, store_sign, r.itemsize)
+    symmetric = any(t is None for t in r.targets)
+    store_raw, store_sign = stored_needs(r.combos, symmetric)
+    # an a x a target's diagonal block multiplies the formed signs themselves
+    formed_sign = store_sign and (symmetric or not signs_from_raw(r.combos, store_raw))
+    formed = C * min(chunk, r.n_a) * seg_cols * entry_bytes(store_raw, formed_sign, r.itemsize)
     # held: the recorded inputs and C gradients of the outputs; else estimated from the
     # recorded bytes (outputs about half of them)
     held = r.held or max(1, r.captured) * (2 + C) / 2

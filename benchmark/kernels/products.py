@@ -11,8 +11,8 @@ the kernel is within ~1e-7 of the float64 product of the same gradients.
 Signs (int8 +-1 and 0) against signs are multiplied as integers (`torch._int_mm`, int32 sums, on
 the CPU): exact, and on this suite's CPU (AVX-512 VNNI) ~4x the speed of the float product of
 the same shape. A sign side against a float side is widened to float a group of blocks at a
-time, and the signs of a float side (``sign_right``) are taken the same way, so that a streamed
-side's signs need not be stored. The blocks of a group run as one batched product.
+time, and the signs of a float side (``sign_left``, ``sign_right``) are taken the same way, so that
+a streamed side's signs (or a formed side's) need not be stored. The blocks of a group run as one batched product.
 """
 
 from __future__ import annotations
@@ -38,25 +38,32 @@ def _unit_columns(*tensors: torch.Tensor) -> bool:
 
 
 def accumulate(
-    out: torch.Tensor, left: torch.Tensor, right: torch.Tensor, *, block: int = BLOCK, sign_right: bool = False
+    out: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    *,
+    block: int = BLOCK,
+    sign_left: bool = False,
+    sign_right: bool = False,
 ) -> torch.Tensor:
     """``out += left @ right.T`` with ``out`` float64 and the sum over columns taken in bounded blocks.
 
     ``left`` is ``[M, K]``, ``right`` ``[N, K]`` (any strides), ``out`` ``[M, N]`` float64. Operands
     already in float64 are multiplied in one product; two int8 operands (signs) exactly as
     integers on the CPU (elsewhere in float32 blocks, exact too); one int8 operand is widened a group of
-    blocks at a time to the other's type. With ``sign_right`` the product is with the signs of
-    ``right`` (floating point), taken a group of blocks at a time into the same work buffer (so a
-    float side's signs are never stored). Returns ``out``.
+    blocks at a time to the other's type. With ``sign_left`` / ``sign_right`` the product is with the
+    signs of that (floating-point) operand, taken a group of blocks at a time into the same work
+    buffer (so a float side's signs are never stored). Returns ``out``.
     """
     cols = left.shape[1]
     if right.shape[1] != cols:
         raise ValueError(f"column counts differ: {cols} and {right.shape[1]}")
     if cols == 0:
         return out
-    if sign_right and not right.dtype.is_floating_point:
-        raise ValueError(f"sign_right takes the signs of a floating-point operand, not {right.dtype}")
-    if left.dtype == torch.float64 and right.dtype == torch.float64 and not sign_right:
+    for name, signed_side, x in (("sign_left", sign_left, left), ("sign_right", sign_right, right)):
+        if signed_side and not x.dtype.is_floating_point:
+            raise ValueError(f"{name} takes the signs of a floating-point operand, not {x.dtype}")
+    if left.dtype == torch.float64 and right.dtype == torch.float64 and not (sign_left or sign_right):
         return out.addmm_(left, right.t())
     if left.dtype == right.dtype == torch.int8 and _integer_products(left.device) and _unit_columns(left, right):
         for start in range(0, cols, INT_BLOCK):
@@ -67,10 +74,10 @@ def accumulate(
         dtype = torch.float32
     # The operand with more rows goes first: with the narrow one first, MKL's [M, 4096] x [4096, N]
     # products ran at ~55 GFLOP/s on one core where the swapped order reached ~70-85 (M = 64, N = 172).
-    signed = {"left": False, "right": sign_right}
+    signed = {"left": sign_left, "right": sign_right}
     if right.shape[0] > left.shape[0]:
         left, right, target = right, left, out.t()
-        signed = {"left": sign_right, "right": False}
+        signed = {"left": sign_right, "right": sign_left}
     else:
         target = out
     sides = {"left": left, "right": right}
@@ -118,10 +125,12 @@ def _add_blocks(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, b
         target.add_(torch.mm(left[:, start:stop], right[:, start:stop].t()))
 
 
-def product(left: torch.Tensor, right: torch.Tensor, *, block: int = BLOCK, sign_right: bool = False) -> torch.Tensor:
-    """``left @ right.T`` (or with ``right``'s signs) as a new float64 tensor, accumulated as in `accumulate`."""
+def product(
+    left: torch.Tensor, right: torch.Tensor, *, block: int = BLOCK, sign_left: bool = False, sign_right: bool = False
+) -> torch.Tensor:
+    """``left @ right.T`` (or with either side's signs) as a new float64 tensor, accumulated as in `accumulate`."""
     out = torch.zeros(left.shape[0], right.shape[0], dtype=torch.float64, device=left.device)
-    return accumulate(out, left, right, block=block, sign_right=sign_right)
+    return accumulate(out, left, right, block=block, sign_left=sign_left, sign_right=sign_right)
 
 
 def gram(left: torch.Tensor, right: torch.Tensor, *, symmetric: bool, rows: int = 512) -> torch.Tensor:
