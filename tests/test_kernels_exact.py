@@ -122,10 +122,16 @@ def test_factored_training_side_gives_the_kernels_of_stored_gradients(models) ->
         factored = FastKernelEngine(model, select_parameters(model), combos, memory_budget=2**30,
                                     overrides={"factors": 1, "segment_cols": 2**16}, stats=stats).run(a, targets)
         assert stats["factored"] == 7 and "layer inputs + output gradients" in stats["representation"]
+        split_stats: dict = {}  # the feed-forward matrices (65,536 entries) formed in parts of their rows
+        split = FastKernelEngine(model, select_parameters(model), combos, memory_budget=2**30,
+                                 overrides={"factors": 1, "segment_cols": 2**14}, stats=split_stats).run(a, targets)
+        assert split_stats["row_parts"] == 2 * 4
         tolerance = 1e-12 if model is m64 else 1e-6
         for name in targets:
             for combo in (SGD, (True, False), (False, True)):
                 assert _relative(factored[name][combo], raw[name][combo]) <= tolerance, (name, combo)
+                assert _relative(split[name][combo], factored[name][combo]) <= tolerance, (name, combo)
+            assert torch.equal(split[name][(True, True)], factored[name][(True, True)])
     everything = lambda name: True  # noqa: E731
     ga, gb = explicit_gradients(m64, a, everything), explicit_gradients(m64, b, everything)
     got = FastKernelEngine(m64, select_parameters(m64), [(True, True)], memory_budget=2**30,
@@ -285,21 +291,29 @@ def test_factored_signs_are_those_of_float64_gradients() -> None:
     b = [{"input_ids": torch.tensor([[0.1, 0.4], [0.0, 1e-8]])}]
     asym = [(True, False), (False, True)]
 
-    def run(**overrides: int) -> tuple[dict, dict]:
+    def run(combos: list = asym, **overrides: int) -> tuple[dict, dict]:
         stats: dict = {}
-        engine = FastKernelEngine(model, select_parameters(model), asym, memory_budget=2**30, overrides=overrides,
+        engine = FastKernelEngine(model, select_parameters(model), combos, memory_budget=2**30, overrides=overrides,
                                   stats=stats)
         return engine.run(a, {"ab": b})["ab"], stats
 
     factored, stats = run(factors=1)
     raw, raw_stats = run(factors=0)
-    assert stats["factored"] == 1 and raw_stats["factored"] == 0
+    parts, parts_stats = run(factors=1, segment_cols=6)  # the 3 x 4 weight formed as rows 0:2 and 2:3
+    assert stats["factored"] == 1 and raw_stats["factored"] == 0 and parts_stats["row_parts"] == 2
     assert stats["sign_fixes"] == 2 * 12  # logit 0 of the two cancelling training examples, every entry
     exact = empirical_ntks(copy.deepcopy(model).double(), a, {"ab": b}, formulas=["asym"], progress=False)["ab"]
     for combo in asym:  # the raw factored side is formed in float32 (0 where float64 has 1e-8)
         assert _relative(factored[combo], raw[combo]) <= 1e-6, combo
+        assert _relative(parts[combo], factored[combo]) <= 1e-6, combo
     # (the flipped kernel takes the float32 eval side's signs, in every strategy: not compared with float64)
     assert _relative(factored[(True, False)], exact["asym"].kernel) <= 1e-6
+    assert _relative(parts[(True, False)], exact["asym"].kernel) <= 1e-6
+    # the int8 signs formed for the integer sign x sign product take the same fixes, part by part
+    signs = [(True, True), (True, False)]
+    whole_signs, parts_signs = run(signs, factors=1)[0], run(signs, factors=1, segment_cols=6)[0]
+    assert torch.equal(parts_signs[(True, True)], whole_signs[(True, True)])
+    assert _relative(parts_signs[(True, False)], exact["asym"].kernel) <= 1e-6
     # without the twin (exact_signs=False) the float32 signs are 0 there, and the kernel is visibly off
     loose = FastKernelEngine(model, select_parameters(model), asym, memory_budget=2**30, overrides={"factors": 1},
                              exact_signs=False).run(a, {"ab": b})["ab"]

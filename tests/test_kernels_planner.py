@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -167,9 +168,9 @@ def test_factored_training_side_when_raw_gradients_need_several_passes() -> None
     stored = sum(16 * (_factor_bytes(request, tensors[i]) if i in weights else 2 * 4 * tensors[i].numel)
                  for i in range(len(tensors)))
     assert stored <= chosen.store_budget
-    # segments as narrow as the widest tensor; the streamed unit, one segment's formed stored columns and the
-    # stored side fit in the budget together
-    assert chosen.segment_cols == 768 * 3072
+    # segments of a third of a feed-forward matrix (its 3,072 rows formed in three parts); the streamed unit, one
+    # segment's formed stored columns and the stored side fit in the budget together
+    assert chosen.segment_cols == 1024 * 768
     assert _streaming_bytes(request, chosen, stored, chosen.unit_rows // 2) <= request.budget - _kernel_bytes(request)
 
 
@@ -267,3 +268,17 @@ def _factor_or_dense(r: Request, t: TensorSize) -> float:
     from benchmark.kernels.planner import _dense_bytes, _factor_bytes
 
     return min(_factor_bytes(r, t), _dense_bytes(r, t))
+
+
+def test_row_parts_split_a_tensor_into_the_fewest_near_equal_parts() -> None:
+    from benchmark.kernels.planner import row_parts
+
+    assert row_parts((3072, 768), 2**20) == [(0, 1024), (1024, 2048), (2048, 3072)]  # 786,432 columns each
+    assert row_parts((768, 768), 2**20) == [(0, 768)]  # fits whole
+    assert row_parts((3, 4), 6) == [(0, 2), (2, 3)]
+    assert row_parts((4, 100), 50) == [(0, 1), (1, 2), (2, 3), (3, 4)]  # a row wider than the columns: one row each
+    for shape, cols in (((3072, 768), 2**20), ((777, 13), 1000), ((5, 5), 1)):
+        parts = row_parts(shape, cols)
+        assert parts[0][0] == 0 and parts[-1][1] == shape[0]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+        assert all((r1 - r0) * shape[1] <= max(cols, shape[1]) for r0, r1 in parts)

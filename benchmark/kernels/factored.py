@@ -141,20 +141,22 @@ class FactorOps:
     def _form(
         self, piece: FactorBatch, c: int, slot: Slot, name: str = "formed_piece", into: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logit ``c``'s gradients of ``slot`` for the examples of ``piece``, formed from its factors.
+        """Logit ``c``'s gradients of ``slot`` (or of its part's rows) for the examples of ``piece``,
+        formed from its factors.
 
         ``[size, numel]``, into ``into`` (rows of any stride) or else a work buffer ``name``
         (overwritten by the next call); always the same operations on the same tensors, so the same
         numbers whenever a piece is formed (a product's sums do not depend on where it writes).
         """
-        m, n = slot.tensor.shape
+        r0, r1 = slot.rows or (0, slot.tensor.shape[0])
+        n = slot.tensor.shape[1]
         dtype = piece.terms[0][1].dtype if piece.terms else self.dtype
         formed = into if into is not None else self._scratch(name, piece.size, slot.numel, dtype)
-        view = formed.view(piece.size, m, n)
+        view = formed.view(piece.size, r1 - r0, n)
         if not piece.terms:
             view.zero_()
         for k, (lefts, right) in enumerate(piece.terms):
-            view.baddbmm_(lefts[c].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
+            view.baddbmm_(lefts[c][..., r0:r1].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
         return formed
 
     def _stored_columns(
@@ -184,22 +186,35 @@ class FactorOps:
             for piece in stored.factors[slot.index]:
                 for c in range(self.num_outputs):
                     at = slice(c * A + piece.first, c * A + piece.first + piece.size)
+                    fixes = _part_fixes(piece.fixes[c], slot) if piece.fixes else None
                     if False in out:  # formed where it is used: no copy through a work buffer
                         raw = self._form(piece, c, slot, into=out[False][at, columns])
-                        if exact_raw_signs and piece.fixes:
-                            _give_fixed_signs(raw, *piece.fixes[c])
+                        if exact_raw_signs and fixes is not None:
+                            _give_fixed_signs(raw, *fixes)
                     if True in out:  # the signs, through a work buffer (the fixes index its entries)
                         signs = self._scratch("formed_piece", piece.size, slot.numel, self.dtype)
                         torch.sign(raw if False in out else self._form(piece, c, slot), out=signs)
-                        if piece.fixes:
-                            wrong, fixed = piece.fixes[c]
-                            signs.view(-1).index_copy_(0, wrong, fixed)
+                        if fixes is not None:
+                            signs.view(-1).index_copy_(0, *fixes)
                         out[True][at, columns].copy_(signs)
         self._tick("formed", t)
         return out
 
 
 Terms = list[tuple[list[torch.Tensor], torch.Tensor]]
+
+
+def _part_fixes(fixes: tuple[torch.Tensor, torch.Tensor], slot: Slot) -> tuple[torch.Tensor, torch.Tensor]:
+    """A piece's fixes (flat entries of the whole tensor's ``[size, numel]``) within ``slot``'s part,
+    as flat entries of the part's ``[size, part numel]``; all of them for a whole tensor."""
+    if slot.rows is None:
+        return fixes
+    wrong, fixed = fixes
+    whole, n = slot.tensor.numel(), slot.tensor.shape[1]
+    example, column = wrong // whole, wrong % whole
+    lo, hi = slot.rows[0] * n, slot.rows[1] * n
+    inside = (column >= lo) & (column < hi)
+    return example[inside] * slot.numel + column[inside] - lo, fixed[inside]
 
 
 def _give_fixed_signs(raw: torch.Tensor, wrong: torch.Tensor, fixed: torch.Tensor) -> None:

@@ -82,7 +82,7 @@ from benchmark.kernels.batches import Examples, accepted_keys, differentiable, p
 from benchmark.kernels.clock import now
 from benchmark.kernels.distributed import Ranks, dist_info, sum_over_ranks
 from benchmark.kernels.held import HeldPerWidth
-from benchmark.kernels.layout import Group, Pending, Segment, Stored, Twin, place
+from benchmark.kernels.layout import Group, Pending, Stored, Twin, place
 from benchmark.kernels.memory import release_free_memory
 from benchmark.kernels.padding import by_length, lengths, mask_is_honoured, restore_order, trim_padding
 from benchmark.kernels.params import SelectedTensor
@@ -213,20 +213,7 @@ class FastKernelEngine(PassOps):
             factored = frozenset(self.slots[i].index for i in indices if i in chosen.factored)
             groups.append(Group([s for s in part if not s.sparse], [s for s in part if s.sparse], factored=factored))
         for group in groups:
-            offset = 0
-            segment = Segment(0, 0, [])
-            for slot in group.dense:
-                slot.offset = offset
-                if segment.slots and offset + slot.numel - segment.start > chosen.segment_cols:
-                    group.segments.append(segment)
-                    segment = Segment(offset, offset, [])
-                segment.slots.append(slot)
-                offset += slot.numel
-                segment.stop = offset
-            if segment.slots:
-                group.segments.append(segment)
-            group.cols = offset
-            group.lay_out_stored()
+            group.lay_out_segments(chosen.segment_cols)
         self.stats.update(
             groups=len(groups),
             chunk=chosen.chunk,
@@ -237,6 +224,7 @@ class FastKernelEngine(PassOps):
             representation=chosen.representation,
             factored=len(chosen.factored),
             unit_rows=chosen.unit_rows,
+            row_parts=sum(s.rows is not None for g in groups for seg in g.segments for s in seg.slots),
             budget=self.budget,
             fallback_params=[s.name for s in self.slots if s.fallback],
         )

@@ -5,13 +5,14 @@ block goes in the kernel."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from benchmark.kernels.params import Registration, SelectedTensor
 from benchmark.kernels.per_example import Slot, SparseRows, Use, modules_of
+from benchmark.kernels.planner import row_parts
 
 
 @dataclass
@@ -43,6 +44,28 @@ class Group:
                 self.stored_offsets[slot.index] = at
                 at += slot.numel
         self.stored_cols = at
+
+    def lay_out_segments(self, segment_cols: int) -> None:
+        """Give the dense slots their columns and pack them, in order, into segments of at most
+        ``segment_cols`` columns (a wider slot alone in one). A factored tensor wider than that is
+        split into parts of its rows (`planner.row_parts`), each formed again on its own."""
+        offset = 0
+        segment = Segment(0, 0, [])
+        for slot in self.dense:
+            slot.offset = offset
+            whole = slot.index in self.factored and slot.numel > segment_cols
+            parts = [slot.part(rows) for rows in row_parts(tuple(slot.tensor.shape), segment_cols)] if whole else [slot]
+            for part in parts:
+                if segment.slots and part.offset + part.numel - segment.start > segment_cols:
+                    self.segments.append(segment)
+                    segment = Segment(part.offset, part.offset, [])
+                segment.slots.append(part)
+                segment.stop = part.offset + part.numel
+            offset += slot.numel
+        if segment.slots:
+            self.segments.append(segment)
+        self.cols = offset
+        self.lay_out_stored()
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -131,7 +154,7 @@ class Twin:
             chosen = [Registration(r.name, modules[id(r.module)], r.attr) for r in sel.selected]
             uses = [Use(modules[id(u.module)], u.rule, u.role) for u in slot.uses]
             copy_sel = SelectedTensor(tensors[id(sel.tensor)], regs, chosen)
-            return Slot(slot.index, copy_sel, uses, slot.sparse, slot.fallback, slot.offset)
+            return replace(slot, selected=copy_sel, uses=uses)
 
         mapped_groups = {}
         for group in groups:

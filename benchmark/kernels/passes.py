@@ -26,6 +26,7 @@ from benchmark.kernels.per_example import (
     Slot,
     SparseRows,
     batch_size,
+    factors_of,
     fallback_gradients,
     record,
     sparse_entries,
@@ -138,7 +139,10 @@ class PassOps(FactorOps):
         base: int,
         c: int,
     ) -> None:
-        """Write logit ``c``'s per-example gradients of ``slots`` into ``target`` (columns from ``base``)."""
+        """Write logit ``c``'s per-example gradients of ``slots`` into ``target`` (columns from ``base``).
+
+        A part of a tensor's rows (`Slot.part`) is formed from its factors, ``left[..., r0:r1]^T @ right``.
+        """
         for slot in slots:
             view = target[:, slot.offset - base : slot.offset - base + slot.numel]
             if slot.fallback:
@@ -149,9 +153,16 @@ class PassOps(FactorOps):
             for use in slot.uses:
                 for call in rec.calls.get(id(use.module), []):
                     go = grads.get(call.key)
-                    if go is not None:
+                    if go is None:
+                        continue
+                    if slot.rows is None:
                         write_dense(use, call, go, view, first)
-                        first = False
+                    else:
+                        left, right = factors_of(use, call, go, view.shape[0])
+                        rows = view.view(view.shape[0], slot.rows[1] - slot.rows[0], -1)
+                        rows.baddbmm_(left[..., slot.rows[0] : slot.rows[1]].transpose(1, 2), right,
+                                      beta=0.0 if first else 1.0)
+                    first = False
             if first:
                 view.zero_()
 

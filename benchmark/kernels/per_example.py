@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -81,6 +81,7 @@ class Slot:
     fallback: bool = False
     offset: int = 0  # first column in its group's dense layout (dense slots)
     calls: int = 1  # recorded calls of its modules per forward pass (set by `probe`)
+    rows: tuple[int, int] | None = None  # a part of a factorable tensor: its rows [r0, r1) (`part`)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -89,8 +90,17 @@ class Slot:
 
     @property
     def numel(self) -> int:
-        """Number of gradient entries."""
-        return self.selected.tensor.numel()
+        """Number of gradient entries (of the part's rows, for a part)."""
+        if self.rows is None:
+            return self.selected.tensor.numel()
+        return (self.rows[1] - self.rows[0]) * self.selected.tensor.shape[1]
+
+    def part(self, rows: tuple[int, int]) -> Slot:
+        """Rows ``[r0, r1)`` of this (whole, 2-D) tensor, at their columns of the group's layout: the
+        columns a factored tensor's gradient ``left^T @ right`` gives with ``left[..., r0:r1]``."""
+        if self.rows is not None or self.selected.tensor.dim() != 2:
+            raise ValueError(f"only a whole 2-D tensor is split by rows, not {self.name}")
+        return replace(self, rows=rows, offset=self.offset + rows[0] * self.selected.tensor.shape[1])
 
     @property
     def width(self) -> int:

@@ -23,11 +23,11 @@ model, and changes none of its inputs; the engine carries the plan out. It decid
   anyway, the signs are taken from them inside the products, `signs_from_raw`, not formed beside
   them); so that this happens rarely and the products are wide, the streamed batches are then
   taken in units (``unit_rows``: their recorded inputs and output gradients held together in one
-  buffer, ``Request.held`` bytes per example as the probe measured them). Segments are then as
-  narrow as the widest tensor and the unit takes all the memory that the stored side, one segment
-  of its formed columns and the in-flight batch's graph leave (`_unit_examples`): at 16-shot
-  SST-2 on roberta-base, products of 94 streamed rows ran at ~72 GFLOP/s on one core and of 128
-  rows at ~93;
+  buffer, ``Request.held`` bytes per example as the probe measured them). Segments are then at most
+  `FACTORED_SEGMENT` wide (a factored tensor split by rows, `row_parts`) and the unit takes all
+  the memory that the stored side, one segment of its formed columns and the in-flight batch's
+  graph leave (`_unit_examples`): at 16-shot SST-2 on roberta-base, products of 94 streamed rows
+  ran at ~72 GFLOP/s on one core and of 128 rows at ~93;
 * the largest batch and the column segment width of the streamed side.
 """
 
@@ -40,6 +40,10 @@ from dataclasses import dataclass, field
 Combo = tuple[bool, bool]  # (sign on the a side, sign on the b side)
 
 MIN_SEGMENT = 2**16
+#: Widest segment of a factored plan, whose stored tensors are formed again a part of their rows at
+#: a time: at 16-shot SST-2 on roberta-base, segments of one attention matrix (0.59M columns) rather
+#: than of a whole feed-forward matrix (2.36M) leave ~1 GiB more of an 8 GiB budget to the streamed units.
+FACTORED_SEGMENT = 2**20
 #: Widest column segment (bounded so one segment's workspace stays a modest allocation).
 MAX_SEGMENT = 2**24
 MIN_WORK_BYTES = 64 * 2**20
@@ -146,6 +150,30 @@ def entry_bytes(store_raw: bool, store_sign: bool, itemsize: int) -> int:
     return (itemsize if store_raw else 0) + (SIGN_BYTES if store_sign else 0)
 
 
+def row_parts(shape: tuple[int, int], cols: int) -> list[tuple[int, int]]:
+    """Row ranges ``[r0, r1)`` splitting an ``[m, n]`` tensor into the fewest near-equal parts of at
+    most ``cols`` entries each (whole rows; a row wider than ``cols`` is a part of its own)."""
+    m, n = shape
+    parts = min(m, max(1, math.ceil(m * n / max(1, cols))))
+    rows = math.ceil(m / parts)
+    return [(r0, min(m, r0 + rows)) for r0 in range(0, m, rows)]
+
+
+def _factored_segment(r: Request, factored: set[int]) -> int:
+    """Columns of a factored plan's segments: its widest tensor that is not factored, or else one
+    part of a factored tensor's rows (`row_parts` of `FACTORED_SEGMENT`)."""
+    widest = MIN_SEGMENT
+    for i, t in enumerate(r.tensors):
+        if t.sparse or t.fallback:
+            continue
+        if i in factored and t.factor_shape is not None:
+            widest = max(widest, max((r1 - r0) * t.factor_shape[1]
+                                     for r0, r1 in row_parts(t.factor_shape, FACTORED_SEGMENT)))
+        else:
+            widest = max(widest, t.numel)
+    return widest
+
+
 def plan(request: Request) -> Plan:
     """The plan for ``request`` (pure: no model, no side effects)."""
     r = request
@@ -238,7 +266,7 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     target_batch = min(max_batch, max(r.batch_sizes, default=1))
     unit_rows = 0
     if factored:
-        seg_cols = max(MIN_SEGMENT, widest)
+        seg_cols = _factored_segment(r, as_factors)
         unit_rows = C * max(target_batch, _unit_examples(r, avail, seg_cols, chunk, chunk * largest, max_batch, widest))
     else:
         per_col = C * max(1, target_batch) * stream_bytes
@@ -269,7 +297,7 @@ def _unit_examples(
 ) -> int:
     """Streamed examples held in one unit of a factored plan: as many as the memory left allows.
 
-    Segments are then as narrow as the widest tensor (a product's speed does not depend on them),
+    Segments are then narrow (`_factored_segment`; a product's speed does not depend on them),
     and whatever the stored side, one segment of its formed columns, the in-flight batch's graph
     and the store-time work buffers leave goes to the unit: each example holds its recorded
     inputs and output gradients (``Request.held``, as the probe measured them) and C rows
