@@ -249,6 +249,25 @@ def test_asym_takes_the_stored_signs_from_the_formed_raw_columns() -> None:
         request, chosen, stored, examples + 1)
 
 
+def test_a_factored_store_counts_its_sign_fix_buffers() -> None:
+    """With the float64 model copy, a factored store forms each tensor in float64 and in float32 and compares
+    their signs through a float32 copy of the float64 signs and a bool mask (17 bytes per entry of a [batch,
+    widest tensor] buffer): the store's batch fits the workspace with them, and a unit leaves them room."""
+    common = dict(n_a=32, targets=(1064,), tensors=_roberta_base_tensors(), longest=64, overrides={"factors": 1})
+    per_entry, widest = 8 + 4 + 4 + 1, 3072 * 768
+    for budget in (8 * 2**30, 6 * 2**30):
+        request = dataclasses.replace(_request(ASYM, budget=budget, scratch_itemsize=8, **common),
+                                      captured=2 * 42 * MiB, batch_sizes=(16,) * 4, held=84 * MiB)
+        chosen = plan(request)
+        assert chosen.max_batch * widest * per_entry <= chosen.work_budget or chosen.max_batch == 1
+        scratch = chosen.max_batch * widest * per_entry
+        stored = 32 * sum(_factor_or_dense(request, t) for t in request.tensors)
+        examples = chosen.unit_rows // 2
+        avail = request.budget - _kernel_bytes(request)
+        assert _streaming_bytes(request, chosen, stored, examples) + scratch <= avail < _streaming_bytes(
+            request, chosen, stored, examples + 1) + scratch
+
+
 def _kernel_bytes(r: Request) -> int:
     return sum(r.n_a * 2 * (t if t is not None else r.n_a) * 2 * 8 * len(r.combos) for t in r.targets)
 

@@ -18,7 +18,7 @@ import torch
 
 from benchmark.kernels.clock import now
 from benchmark.kernels.layout import FactorBatch, Group, Segment, Stored, Twin
-from benchmark.kernels.per_example import Slot, factors_of, live_tokens, view_key
+from benchmark.kernels.per_example import Slot, factors_of, form_rows, live_tokens, view_key
 from benchmark.kernels.planner import Plan
 
 
@@ -88,8 +88,11 @@ class FactorOps:
                 for piece, exact in _pieces(local, size, kept_of[slot.index], terms_of[slot.index]):
                     if self.twin is not None and self.plan.store_sign:
                         for c in range(C):  # in work buffers: no large short-lived allocations between the factors
-                            signs = self._form(exact, c, slot, "formed_twin")
-                            torch.sign(signs, out=signs)
+                            twin_formed = self._form(exact, c, slot, "formed_twin")
+                            torch.sign(twin_formed, out=twin_formed)  # before rounding: no float64 value underflows
+                            # compared in one dtype: torch.ne of float64 against float32 ran at 6-40 ns per entry
+                            signs = self._scratch("formed_twin_signs", piece.size, slot.numel, self.dtype)
+                            signs.copy_(twin_formed)
                             formed = self._form(piece, c, slot)
                             torch.sign(formed, out=formed)
                             differ = self._scratch("formed_differ", piece.size, slot.numel, torch.bool)
@@ -148,15 +151,13 @@ class FactorOps:
         (overwritten by the next call); always the same operations on the same tensors, so the same
         numbers whenever a piece is formed (a product's sums do not depend on where it writes).
         """
-        r0, r1 = slot.rows or (0, slot.tensor.shape[0])
-        n = slot.tensor.shape[1]
+        rows = slot.rows or (0, slot.tensor.shape[0])
         dtype = piece.terms[0][1].dtype if piece.terms else self.dtype
         formed = into if into is not None else self._scratch(name, piece.size, slot.numel, dtype)
-        view = formed.view(piece.size, r1 - r0, n)
         if not piece.terms:
-            view.zero_()
+            formed.zero_()
         for k, (lefts, right) in enumerate(piece.terms):
-            view.baddbmm_(lefts[c][..., r0:r1].transpose(1, 2), right, beta=0.0 if k == 0 else 1.0)
+            form_rows(formed, lefts[c], right, rows, first=k == 0)
         return formed
 
     def _stored_columns(
@@ -186,7 +187,7 @@ class FactorOps:
             for piece in stored.factors[slot.index]:
                 for c in range(self.num_outputs):
                     at = slice(c * A + piece.first, c * A + piece.first + piece.size)
-                    fixes = _part_fixes(piece.fixes[c], slot) if piece.fixes else None
+                    fixes = piece.fixes_of(c, slot)
                     if False in out:  # formed where it is used: no copy through a work buffer
                         raw = self._form(piece, c, slot, into=out[False][at, columns])
                         if exact_raw_signs and fixes is not None:
@@ -202,19 +203,6 @@ class FactorOps:
 
 
 Terms = list[tuple[list[torch.Tensor], torch.Tensor]]
-
-
-def _part_fixes(fixes: tuple[torch.Tensor, torch.Tensor], slot: Slot) -> tuple[torch.Tensor, torch.Tensor]:
-    """A piece's fixes (flat entries of the whole tensor's ``[size, numel]``) within ``slot``'s part,
-    as flat entries of the part's ``[size, part numel]``; all of them for a whole tensor."""
-    if slot.rows is None:
-        return fixes
-    wrong, fixed = fixes
-    whole, n = slot.tensor.numel(), slot.tensor.shape[1]
-    example, column = wrong // whole, wrong % whole
-    lo, hi = slot.rows[0] * n, slot.rows[1] * n
-    inside = (column >= lo) & (column < hi)
-    return example[inside] * slot.numel + column[inside] - lo, fixed[inside]
 
 
 def _give_fixed_signs(raw: torch.Tensor, wrong: torch.Tensor, fixed: torch.Tensor) -> None:

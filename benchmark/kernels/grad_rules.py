@@ -165,6 +165,17 @@ def factors_of(use: Use, call: Call, grad_out: torch.Tensor, batch: int) -> Fact
     return use.rule.factors(use.module, use.role, call, grad_out, batch)
 
 
+def form_rows(
+    target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, rows: tuple[int, int], first: bool
+) -> None:
+    """Write (``first``) or add rows ``[r0, r1)`` of factored per-example gradients, ``left_b[:, r0:r1]^T @
+    right_b`` (``left`` ``[B, T, m]``, ``right`` ``[B, T, n]``), into ``target`` ``[B, (r1 - r0) * n]``
+    (its rows of any stride)."""
+    r0, r1 = rows
+    view = target.view(target.shape[0], r1 - r0, right.shape[-1])
+    view.baddbmm_(left[..., r0:r1].transpose(1, 2), right, beta=0.0 if first else 1.0)
+
+
 def write_dense(use: Use, call: Call, grad_out: torch.Tensor, target: torch.Tensor, first: bool) -> None:
     """Write (``first``) or add this call's per-example gradient into ``target`` ``[B, numel]``."""
     use.rule.dense(use.module, use.role, call, grad_out, target, first)

@@ -28,6 +28,7 @@ from benchmark.kernels.per_example import (
     batch_size,
     factors_of,
     fallback_gradients,
+    form_rows,
     record,
     sparse_entries,
     sparse_join,
@@ -158,10 +159,7 @@ class PassOps(FactorOps):
                     if slot.rows is None:
                         write_dense(use, call, go, view, first)
                     else:
-                        left, right = factors_of(use, call, go, view.shape[0])
-                        rows = view.view(view.shape[0], slot.rows[1] - slot.rows[0], -1)
-                        rows.baddbmm_(left[..., slot.rows[0] : slot.rows[1]].transpose(1, 2), right,
-                                      beta=0.0 if first else 1.0)
+                        form_rows(view, *factors_of(use, call, go, view.shape[0]), slot.rows, first)
                     first = False
             if first:
                 view.zero_()

@@ -44,6 +44,7 @@ from benchmark.kernels.grad_rules import (
     Use,
     embedding_entries,
     factors_of,
+    form_rows,
     grad_rule,
     live_tokens,
     module_kind,
@@ -58,8 +59,8 @@ from registry import BenchError
 
 #: Re-exported: the rules live in `benchmark.kernels.grad_rules`.
 __all__ = ["EMBEDDING", "GRAD_RULES", "LAYER_NORM", "LINEAR", "Call", "Entries", "GradRule", "Use",
-           "embedding_entries", "factors_of", "grad_rule", "live_tokens", "module_kind", "register_grad_rule",
-           "require_grad_rule", "sparse_entries", "supported_types", "write_dense"]
+           "embedding_entries", "factors_of", "form_rows", "grad_rule", "live_tokens", "module_kind",
+           "register_grad_rule", "require_grad_rule", "sparse_entries", "supported_types", "write_dense"]
 
 logger = logging.getLogger(__name__)
 

@@ -258,7 +258,7 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     if widest:
         max_batch = max(1, min(max_batch, int(work_budget // (C * widest * stream_bytes))))
     if r.scratch_itemsize and factored:  # each stored tensor is formed in float64 and float32 once, per batch
-        max_batch = max(1, min(max_batch, int(work_budget // max(1, (r.scratch_itemsize + r.itemsize) * widest))))
+        max_batch = max(1, min(max_batch, int(work_budget // max(1, _fix_scratch_bytes(r) * widest))))
     elif r.scratch_itemsize:  # a stored batch's gradients pass through a [batch, segment columns] buffer
         widest_group = max(sum(r.tensors[i].numel for i in g if not r.tensors[i].sparse) for g in groups)
         widest_segment = max(min(widest_group, MAX_SEGMENT), widest)
@@ -292,6 +292,12 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     )
 
 
+def _fix_scratch_bytes(r: Request) -> int:
+    """Bytes per entry of the work buffers a factored plan's store finds its sign fixes in: the tensor
+    formed in the twin's precision, its signs and the formed tensor in the model's, and where they differ."""
+    return r.scratch_itemsize + 2 * r.itemsize + 1
+
+
 def _unit_examples(
     r: Request, avail: float, seg_cols: int, chunk: int, stored: float, max_batch: int, widest: int
 ) -> int:
@@ -315,7 +321,7 @@ def _unit_examples(
     # the batch in flight, until its records are copied into the unit's buffer (`held.HeldPool`): its graph,
     # about three times its recorded bytes (measured at 16-shot SST-2 on roberta-base), and its output gradients
     graph = max_batch * (3 * min(max(1, r.captured), held) + held)
-    scratch = max_batch * widest * (r.scratch_itemsize + r.itemsize + 1) if r.scratch_itemsize else 0
+    scratch = max_batch * widest * _fix_scratch_bytes(r) if r.scratch_itemsize else 0
     free = avail * (1 - UNIT_HEADROOM) - stored - formed - graph - scratch
     return max(1, min(MAX_UNIT_EXAMPLES, int(free // (held + C * seg_cols * stream_entry_bytes(r.combos, r.itemsize)))))
 
