@@ -93,26 +93,24 @@ class FactorBatch:
     size: int
     terms: list[tuple[list[torch.Tensor], torch.Tensor]]
     fixes: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # per logit: (entries, signs)
-    _within: dict[tuple[int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False
-    )  # a part's fixes, split out of ``fixes`` once
 
     def fixes_of(self, c: int, slot: Slot) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Logit ``c``'s fixes within ``slot`` (a whole tensor, or a part of its rows: `Slot.part`) as flat
-        entries of ``[size, slot.numel]`` and their signs; None without fixes."""
+        entries of ``[size, slot.numel]`` and their signs; None without fixes.
+
+        A part's are split out where they are used and not kept: kept, they were long-lived allocations
+        made between a streamed unit's short-lived buffers, which then could not be given back to the system.
+        """
         if not self.fixes:
             return None
+        wrong, fixed = self.fixes[c]
         if slot.rows is None:
-            return self.fixes[c]
-        key = (c, slot.rows)
-        if key not in self._within:
-            wrong, fixed = self.fixes[c]
-            whole, n = slot.tensor.numel(), slot.tensor.shape[1]
-            example, column = wrong // whole, wrong % whole
-            lo, hi = slot.rows[0] * n, slot.rows[1] * n
-            inside = (column >= lo) & (column < hi)
-            self._within[key] = (example[inside] * slot.numel + column[inside] - lo, fixed[inside])
-        return self._within[key]
+            return wrong, fixed
+        whole, n = slot.tensor.numel(), slot.tensor.shape[1]
+        example, column = wrong // whole, wrong % whole
+        lo, hi = slot.rows[0] * n, slot.rows[1] * n
+        inside = (column >= lo) & (column < hi)
+        return example[inside] * slot.numel + column[inside] - lo, fixed[inside]
 
 
 @dataclass
