@@ -98,7 +98,7 @@ class FactorOps:
                             differ = self._scratch("formed_differ", piece.size, slot.numel, torch.bool)
                             torch.ne(signs, formed, out=differ)
                             wrong = differ.view(-1).nonzero().squeeze(1)
-                            piece.fixes.append((wrong, signs.view(-1)[wrong].to(self.dtype)))
+                            piece.fixes.append((wrong, signs.view(-1)[wrong]))
                             self.stats["sign_fixes"] = self.stats.get("sign_fixes", 0) + wrong.numel()
                     factors[slot.index].append(piece)
                 continue

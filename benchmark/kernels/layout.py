@@ -98,8 +98,8 @@ class FactorBatch:
         """Logit ``c``'s fixes within ``slot`` (a whole tensor, or a part of its rows: `Slot.part`) as flat
         entries of ``[size, slot.numel]`` and their signs; None without fixes.
 
-        A part's are split out where they are used and not kept: kept, they were long-lived allocations
-        made between a streamed unit's short-lived buffers, which then could not be given back to the system.
+        A part's are split out where they are used and not kept: kept with the piece (allocated while the
+        first streamed unit ran), they raised a 16-shot SST-2 `asym` run's peak from 6.95 to 8.39 GiB.
         """
         if not self.fixes:
             return None
