@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,13 @@ def test_slurm_options_are_validated_with_a_clear_message():
         make_runner("slurm", {"gpus": 2})
 
 
-def test_executor_carries_the_options_as_sbatch_parameters(tmp_path: Path):
+def test_executor_carries_the_options_as_sbatch_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # submitit builds a SLURM executor only where `srun` is on the PATH; nothing here runs it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     options = SlurmOptions(partition="gpu", timeout_min=45, gpus_per_node=2, cpus_per_task=8, mem_gb=16,
                            account="lab", max_parallel=3, sbatch={"reservation": "paper"})
     params = make_executor(options, tmp_path, name="kb-x").parameters

@@ -350,6 +350,14 @@ def batch_size(batch: Batch) -> int:
     return int(tensor.shape[0])
 
 
+def _largest_magnitude(x: torch.Tensor) -> float:
+    """max |x| without a temporary of x's size (0 for an empty tensor)."""
+    if not x.numel():
+        return 0.0
+    lo, hi = torch.aminmax(x)
+    return max(-float(lo), float(hi))
+
+
 def _by_size(slots: list[Slot], limit: int) -> Iterator[list[Slot]]:
     part: list[Slot] = []
     used = 0
@@ -433,11 +441,15 @@ def probe(
         return failed, Captured(captured, held), num_outputs
     total = logits.sum()
     outputs = rec.outputs()
-    grads = torch.autograd.grad(total, outputs, retain_graph=True, allow_unused=True) if outputs else ()
-    grad_of = {call.key: g for call, g in zip(rec.order, grads, strict=True)}
+    grad_of: dict[Any, torch.Tensor | None] = {}
     results: list[tuple[Slot, float, float]] = []
-    for part in _by_size(checked, 2**26):  # autograd's batch gradients, tens of millions of entries at a time
-        auto = torch.autograd.grad(total, [s.tensor for s in part], retain_graph=True, allow_unused=True)
+    for k, part in enumerate(_by_size(checked, 2**26)):  # autograd's batch gradients, tens of millions at a time
+        # the first reverse pass also gives the output gradients the rules assemble from (one pass fewer)
+        wrt = [s.tensor for s in part] + (outputs if k == 0 else [])
+        got = torch.autograd.grad(total, wrt, retain_graph=True, allow_unused=True)
+        auto = got[: len(part)]
+        if k == 0:
+            grad_of = {call.key: g for call, g in zip(rec.order, got[len(part) :], strict=True)}
         for slot, reference in zip(part, auto, strict=True):
             assembled = torch.zeros_like(slot.tensor)
             flat = assembled.reshape(-1)
@@ -454,8 +466,8 @@ def probe(
                         write_dense(use, call, go, per_example, first=True)
                         flat += per_example.sum(0)
             ref = reference if reference is not None else torch.zeros_like(slot.tensor)
-            err = float((assembled - ref).abs().max()) if ref.numel() else 0.0
-            results.append((slot, err, float(ref.abs().max()) if ref.numel() else 0.0))
+            err = float(assembled.sub_(ref).abs_().max()) if ref.numel() else 0.0
+            results.append((slot, err, _largest_magnitude(ref)))
     scale = max((largest for _, _, largest in results), default=0.0)
     for slot, err, largest in results:
         if not math.isfinite(err) or err > 1e-3 * largest + 1e-5 * scale + 1e-30:
