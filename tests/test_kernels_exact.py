@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from benchmark.kernels import empirical_ntks, select_parameters
+from benchmark.kernels import empirical_ntks, products, select_parameters
 from benchmark.kernels.factored import _give_fixed_signs
 from benchmark.kernels.fast import FastKernelEngine
 from benchmark.kernels.products import accumulate, gram, product
@@ -159,15 +159,18 @@ def test_blocked_products_match_float64_and_keep_sign_sums_exact() -> None:
         accumulate(out, left, right[:, 1:])
 
 
-def test_sign_products_are_exact_integers_and_either_operand_order_agrees() -> None:
-    """int8 x int8 products (integer sums on the CPU) equal the int64 product exactly; a float side
-    against an int8 side, and a wider right operand (multiplied first), agree with float64 sums.
+@pytest.mark.parametrize("integer", [True, False], ids=["int_mm", "float32-blocks"])
+def test_sign_products_are_exact_integers_and_either_operand_order_agrees(integer, monkeypatch) -> None:
+    """int8 x int8 products (integer sums, or float32 blocks where this CPU's integer product is the
+    slower: both are run here) equal the int64 product exactly; a float side against an int8 side,
+    and a wider right operand (multiplied first), agree with float64 sums.
 
     These random terms cancel as much as terms can (the sums grow like the square root of the
     column count), so a float32 block sum is only ~1e-6 relative of float64 here, and where exactly
     depends on the order of the BLAS's sums: 8.1e-7 and 1.03e-6 on an AVX2 CPU. Real kernels, whose
     terms do not cancel so, are checked at 1e-6 elsewhere; the signs taken inside a product are
     checked exactly, against the same product of signs formed outside it."""
+    monkeypatch.setattr(products, "integer_products", lambda: integer)
     tolerance = 2e-6
     g = torch.Generator().manual_seed(1)
     cols = 3 * 2**12 + 5  # a partial last block
@@ -206,6 +209,23 @@ def test_sign_products_are_exact_integers_and_either_operand_order_agrees() -> N
         product(left, right_sign, sign_right=True)
     with pytest.raises(ValueError, match="sign_left takes the signs of a floating-point operand"):
         product(left_sign, right, sign_left=True)
+
+
+def test_integer_products_choice_is_timed_once_and_used_only_on_the_cpu(monkeypatch) -> None:
+    """`integer_products` times both ways once per process (cached) and answers a bool; the int8 path
+    asks it only for CPU operands, and either answer gives the same exact kernel."""
+    first = products.integer_products()
+    assert isinstance(first, bool) and products.integer_products() is first
+    assert products.integer_products.cache_info().hits >= 1
+    assert not products._integer_products(torch.device("meta"))
+    signs = torch.randint(-1, 2, (5, 3 * 2**12 + 7), generator=torch.Generator().manual_seed(2), dtype=torch.int8)
+    answers = []
+    for integer in (True, False):
+        monkeypatch.setattr(products, "integer_products", lambda integer=integer: integer)
+        assert products._integer_products(torch.device("cpu")) is integer
+        answers.append(product(signs, signs[:3]))
+    assert torch.equal(answers[0], answers[1])
+    assert torch.equal(answers[0], (signs.long() @ signs[:3].long().t()).double())
 
 
 def test_fixed_signs_keep_magnitudes_within_round_off() -> None:

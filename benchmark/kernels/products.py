@@ -8,14 +8,21 @@ the block results are added into a float64 accumulator. Within a block of 4,096 
 float32 sum is accurate to a few 1e-7 of the block's terms, and the blocks add in float64, so
 the kernel is within ~1e-7 of the float64 product of the same gradients.
 
-Signs (int8 +-1 and 0) against signs are multiplied as integers (`torch._int_mm`, int32 sums, on
-the CPU): exact, and on this suite's CPU (AVX-512 VNNI) ~4x the speed of the float product of
-the same shape. A sign side against a float side is widened to float a group of blocks at a
-time, and the signs of a float side (``sign_left``, ``sign_right``) are taken the same way, so that
-a streamed side's signs (or a formed side's) need not be stored. The blocks of a group run as one batched product.
+Signs (int8 +-1 and 0) against signs are multiplied as integers (`torch._int_mm`, int32 sums) on a
+CPU where that is faster than the float product, else widened to float32 like any int8 side; both
+are exact, so the choice (`integer_products`, timed once per process) changes only the speed: on an
+AVX-512 VNNI CPU the integer product ran ~4x the float one, on an AVX2 one (AMD EPYC) 17x slower
+(3 G op/s against 52-54 GFLOP/s at ``[64, 786,432] x [786,432, 96]``, one core). A sign side
+against a float side is widened to float a group of blocks at a time, and the signs of a float
+side (``sign_left``, ``sign_right``) are taken the same way, so that a streamed side's signs (or a
+formed side's) need not be stored. The blocks of a group run as one batched product.
 """
 
 from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,8 +35,47 @@ INT_BLOCK = 2**30
 
 
 def _integer_products(device: torch.device) -> bool:
-    """Whether int8 x int8 products go through `torch._int_mm` on ``device`` (the CPU has no shape limits)."""
-    return device.type == "cpu" and hasattr(torch, "_int_mm")
+    """Whether int8 x int8 products go through `torch._int_mm` on ``device``: on the CPU (no shape
+    limits there) where it beats the float32 product (`integer_products`)."""
+    return device.type == "cpu" and integer_products()
+
+
+#: The shape `integer_products` times: ``[rows, cols] x [cols, rows_right]``, ~0.1 G multiply-adds.
+_TIMED_SHAPE = (64, 8192, 96)
+
+
+@functools.cache
+def integer_products() -> bool:
+    """Whether this CPU multiplies int8 signs faster with `torch._int_mm` than as float32 blocks.
+
+    Timed once per process on one small product each way (best of three after a warm-up; ~0.1 s
+    where the integer product is slow). Both ways are exact, so this decides only the speed.
+    """
+    if not hasattr(torch, "_int_mm"):
+        return False
+    rows, cols, rows_right = _TIMED_SHAPE
+    g = torch.Generator().manual_seed(0)
+    left = torch.randint(-1, 2, (rows, cols), generator=g, dtype=torch.int8)
+    right = torch.randint(-1, 2, (rows_right, cols), generator=g, dtype=torch.int8)
+
+    def integer() -> None:
+        torch._int_mm(left, right.t())
+
+    def floating() -> None:
+        _add_blocks(torch.zeros(rows, rows_right, dtype=torch.float64), left.float(), right.float(), BLOCK)
+
+    return _best_time(integer) < _best_time(floating)
+
+
+def _best_time(run: Callable[[], None], repeats: int = 3) -> float:
+    """The shortest of ``repeats`` timed calls of ``run``, after one untimed call."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _unit_columns(*tensors: torch.Tensor) -> bool:
