@@ -14,7 +14,7 @@ import torch
 from benchmark.kernels import empirical_ntks, products, select_parameters
 from benchmark.kernels.factored import _give_fixed_signs
 from benchmark.kernels.fast import FastKernelEngine
-from benchmark.kernels.products import accumulate, gram, product
+from benchmark.kernels.products import accumulate, accumulate_signed, gram, product
 from benchmark.models import PromptLogitModel
 from tests.test_kernels import assert_sign_close, explicit_gradients, make_batches
 
@@ -217,15 +217,63 @@ def test_integer_products_choice_is_timed_once_and_used_only_on_the_cpu(monkeypa
     first = products.integer_products()
     assert isinstance(first, bool) and products.integer_products() is first
     assert products.integer_products.cache_info().hits >= 1
-    assert not products._integer_products(torch.device("meta"))
+    assert not products.uses_integer_products(torch.device("meta"))
     signs = torch.randint(-1, 2, (5, 3 * 2**12 + 7), generator=torch.Generator().manual_seed(2), dtype=torch.int8)
     answers = []
     for integer in (True, False):
         monkeypatch.setattr(products, "integer_products", lambda integer=integer: integer)
-        assert products._integer_products(torch.device("cpu")) is integer
+        assert products.uses_integer_products(torch.device("cpu")) is integer
         answers.append(product(signs, signs[:3]))
     assert torch.equal(answers[0], answers[1])
     assert torch.equal(answers[0], (signs.long() @ signs[:3].long().t()).double())
+
+
+ALL_COMBOS = [(False, False), (True, True), (True, False), (False, True)]
+
+
+@pytest.mark.parametrize("integer", [True, False], ids=["int_mm", "float32-blocks"])
+def test_signed_products_in_one_pass_equal_one_product_per_combination(integer, monkeypatch) -> None:
+    """`accumulate_signed` (each side's signs taken once per group for all combinations) gives every
+    combination's product: sign x sign exactly, the others within float32 block round-off of float64
+    (as `accumulate`), and the same numbers whether int8 signs are given or taken from the floats;
+    either operand the wider, several groups and a partial last block."""
+    monkeypatch.setattr(products, "integer_products", lambda: integer)
+    monkeypatch.setattr(products, "SHARED_GROUP_BYTES", 2**18)  # several groups of blocks
+    g = torch.Generator().manual_seed(3)
+    cols = 5 * 2**12 + 9
+    for left_rows, right_rows in ((6, 4), (3, 7)):
+        left, right = torch.randn(left_rows, cols, generator=g), torch.randn(right_rows, cols, generator=g)
+        left[0, :50] = 0
+        left_sign, right_sign = torch.sign(left).to(torch.int8), torch.sign(right).to(torch.int8)
+        exact = {(x, y): (torch.sign(left) if x else left).double() @ (torch.sign(right) if y else right).double().t()
+                 for x, y in ALL_COMBOS}
+        for combos in (ALL_COMBOS, ALL_COMBOS[2:], ALL_COMBOS[:1], [(True, True)]):
+            runs = []
+            for given_left, given_right in ((left_sign, right_sign), (left_sign, None), (None, None)):
+                outs = {c: torch.ones(left_rows, right_rows, dtype=torch.float64) for c in combos}
+                accumulate_signed(outs, left, right, left_signs=given_left, right_signs=given_right)
+                for c in combos:
+                    if c == (True, True):
+                        assert torch.equal(outs[c], 1 + exact[c])
+                    else:
+                        assert _relative(outs[c] - 1, exact[c]) < 2e-6, (c, left_rows)
+                runs.append(outs)
+            assert all(torch.equal(run[c], runs[0][c]) for run in runs for c in combos)
+    # a float64 side: one float64 product per combination, as `accumulate`
+    outs = {c: torch.zeros(3, 4, dtype=torch.float64) for c in ALL_COMBOS}
+    left64, right64 = left[:, :100].double(), right[:4, :100].double()
+    accumulate_signed(outs, left64, right64)
+    for x, y in ALL_COMBOS:
+        want = (torch.sign(left64) if x else left64) @ (torch.sign(right64) if y else right64).t()
+        torch.testing.assert_close(outs[(x, y)], want, rtol=1e-12, atol=1e-12)
+    only_signs = {c: torch.zeros(3, 7, dtype=torch.float64) for c in ((True, False), (True, True))}
+    accumulate_signed(only_signs, None, right, left_signs=torch.sign(left).to(torch.int8))  # no float left needed
+    assert torch.equal(only_signs[(True, True)], exact[(True, True)])
+    with pytest.raises(ValueError, match="left: no float columns"):
+        accumulate_signed({c: torch.zeros(3, 7, dtype=torch.float64) for c in ALL_COMBOS}, None, right,
+                          left_signs=torch.sign(left).to(torch.int8))
+    with pytest.raises(ValueError, match="column counts differ"):
+        accumulate_signed({c: torch.zeros(3, 7, dtype=torch.float64) for c in ALL_COMBOS}, left[:, 1:], right)
 
 
 def test_fixed_signs_keep_magnitudes_within_round_off() -> None:

@@ -35,7 +35,7 @@ from benchmark.kernels.per_example import (
     write_dense,
 )
 from benchmark.kernels.planner import Combo, Plan, signs_from_raw
-from benchmark.kernels.products import accumulate, gram
+from benchmark.kernels.products import accumulate_signed, gram, uses_integer_products
 
 #: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (512 KiB: in
 #: cache for the copy; 1.45 G entries/s on one core where 16 MiB chunks ran at 1.15).
@@ -369,7 +369,7 @@ class PassOps(FactorOps):
         wide = {combo: torch.zeros(C * stored.size, offset, dtype=torch.float64, device=self.device)
                 for combo in combos}
         fb_offsets = self._fb_offsets(group)
-        need_sign = (True, True) in combos  # int8 streamed signs only for the integer sign x sign product
+        need_sign = self._integer_sign_product(combos)
         from_raw = self._signs_from_raw(group, combos)
         variants = {False} if from_raw else {x for x, _ in combos}
         for segment in group.segments:
@@ -384,8 +384,7 @@ class PassOps(FactorOps):
                 rec.drop_caches()  # a segment's tensors are assembled once per unit: nothing reuses them
             work_sign = self._signs(work, "stream_sign") if need_sign else None
             t = self._tick("per_example", t)
-            for combo in combos:
-                self._multiply(wide[combo], stored_cols, work, work_sign, combo, from_raw)
+            self._multiply(wide, stored_cols, work, work_sign)
             self._tick("contract", t)
         for _, size, at, rec, grads, _ in held:
             views = {combo: block[:, at : at + C * size] for combo, block in wide.items()}
@@ -400,23 +399,22 @@ class PassOps(FactorOps):
         assert self.plan is not None
         return bool(group.factored) and signs_from_raw(combos, self.plan.store_raw)
 
+    def _integer_sign_product(self, combos: list[Combo]) -> bool:
+        """Whether the streamed side's signs are formed as int8: only for the integer sign x sign
+        (``signgd``) product, where this device runs it faster than float32 (`products.uses_integer_products`)."""
+        return (True, True) in combos and uses_integer_products(self.device)
+
     @staticmethod
     def _multiply(
-        out: torch.Tensor,
+        out: dict[Combo, torch.Tensor],
         stored_cols: dict[bool, torch.Tensor],
         work: torch.Tensor,
         work_sign: torch.Tensor | None,
-        combo: Combo,
-        from_raw: bool,
     ) -> None:
-        """``out += `` the stored columns (or their signs) times the streamed rows ``work`` (or their signs)."""
-        x, y = combo
-        if x and y and work_sign is not None:  # sign x sign: both int8, an exact integer product
-            accumulate(out, stored_cols[True], work_sign)
-        elif from_raw:  # both sides' signs taken a block at a time inside the product
-            accumulate(out, stored_cols[False], work, sign_left=x, sign_right=y)
-        else:  # a float side's signs are taken a block at a time inside the product
-            accumulate(out, stored_cols[x], work, sign_right=y)
+        """``out[combo] +=`` the stored columns (or their signs) times the streamed rows ``work`` (or
+        their signs), every combination in one pass over the columns (`products.accumulate_signed`:
+        signs not stored are taken there, once per group for all the combinations)."""
+        accumulate_signed(out, stored_cols.get(False), work, left_signs=stored_cols.get(True), right_signs=work_sign)
 
     def _held_estimate(self, batch: dict[str, Any]) -> float:
         raise NotImplementedError  # `fast.FastKernelEngine._held_estimate`
@@ -441,12 +439,12 @@ class PassOps(FactorOps):
         t = now()
         C = self.num_outputs
         work = pending.work[: pending.used]
-        need_sign = (True, True) in self.combos  # as in `_stream_unit`
-        work_sign = self._signs(work, "flush_sign") if need_sign else None
+        work_sign = self._signs(work, "flush_sign") if self._integer_sign_product(self.combos) else None
         t = self._tick("per_example", t)
-        for combo in self.combos:
-            block = torch.zeros(C * stored.size, work.shape[0], dtype=torch.float64, device=self.device)
-            self._multiply(block, stored_cols, work, work_sign, combo, from_raw)
+        blocks = {combo: torch.zeros(C * stored.size, work.shape[0], dtype=torch.float64, device=self.device)
+                  for combo in self.combos}
+        self._multiply(blocks, stored_cols, work, work_sign)
+        for combo, block in blocks.items():
             for first, size, offset in pending.pieces:
                 place(out[combo], block[:, offset : offset + C * size], a0, stored.size, first, size, C)
         pending.used, pending.pieces = 0, []

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -30,13 +30,18 @@ import torch
 BLOCK = 2**12
 #: Most bytes of one batched product's float32 block results, or of a group's widened int8 operands.
 GROUP_BYTES = 2**25
+#: Most bytes of the widened operands of one group in `accumulate_signed`, whose combinations each read
+#: the group again: kept near the cache, they ran the four combinations of all three formulas at 63-64
+#: GFLOP/s where 2^25 bytes gave 57 (one core, AVX2, ``[64, 786,432] x [786,432, 96]``).
+SHARED_GROUP_BYTES = 2**22
 #: Longest run of columns summed in int32 by one integer product (|sum| <= columns < 2^31).
 INT_BLOCK = 2**30
 
 
-def _integer_products(device: torch.device) -> bool:
+def uses_integer_products(device: torch.device) -> bool:
     """Whether int8 x int8 products go through `torch._int_mm` on ``device``: on the CPU (no shape
-    limits there) where it beats the float32 product (`integer_products`)."""
+    limits there) where it beats the float32 product (`integer_products`). Elsewhere int8 signs are
+    widened to float32 a group at a time, and a float side's signs are better taken inside the product."""
     return device.type == "cpu" and integer_products()
 
 
@@ -111,7 +116,7 @@ def accumulate(
             raise ValueError(f"{name} takes the signs of a floating-point operand, not {x.dtype}")
     if left.dtype == torch.float64 and right.dtype == torch.float64 and not (sign_left or sign_right):
         return out.addmm_(left, right.t())
-    if left.dtype == right.dtype == torch.int8 and _integer_products(left.device) and _unit_columns(left, right):
+    if left.dtype == right.dtype == torch.int8 and uses_integer_products(left.device) and _unit_columns(left, right):
         for start in range(0, cols, INT_BLOCK):
             out.add_(torch._int_mm(left[:, start : start + INT_BLOCK], right[:, start : start + INT_BLOCK].t()))
         return out
@@ -143,16 +148,16 @@ def accumulate(
     return out
 
 
-def _group_blocks(result_entries: int, widened_rows: int, block: int) -> int:
-    """Blocks multiplied by one batched product: up to 64, with their float32 results (and the int8
-    operands widened for them) within `GROUP_BYTES`.
+def _group_blocks(result_entries: int, widened_rows: int, block: int, widened_bytes: int | None = None) -> int:
+    """Blocks multiplied by one batched product: up to 64, with their float32 results within
+    `GROUP_BYTES` and the operands widened for them within ``widened_bytes`` (default `GROUP_BYTES`).
 
     One batched product over 64 blocks of 4,096 columns ran ~11% faster than 64 single products on
     one core (medians of 5 interleaved runs at 116 x 64 rows: 79 and 71 GFLOP/s).
     """
     blocks = min(64, GROUP_BYTES // max(1, 4 * result_entries))
     if widened_rows:
-        blocks = min(blocks, GROUP_BYTES // (4 * block * widened_rows))
+        blocks = min(blocks, (widened_bytes or GROUP_BYTES) // (4 * block * widened_rows))
     return max(1, blocks)
 
 
@@ -191,3 +196,74 @@ def gram(left: torch.Tensor, right: torch.Tensor, *, symmetric: bool, rows: int 
         out[i : i + rows, i:] = upper
         out[i:, i : i + rows] = upper.t()
     return out
+
+
+
+def accumulate_signed(
+    outs: Mapping[tuple[bool, bool], torch.Tensor],
+    left: torch.Tensor | None,
+    right: torch.Tensor,
+    *,
+    left_signs: torch.Tensor | None = None,
+    right_signs: torch.Tensor | None = None,
+    block: int = BLOCK,
+) -> None:
+    """``outs[(x, y)] += L_x @ R_y.T`` for every ``(x, y)`` in ``outs``, in one pass over the columns.
+
+    ``L_False`` is ``left`` (float, ``[M, K]``), ``L_True`` its signs: ``left_signs`` (int8) where
+    given, else taken from ``left``; likewise ``R`` from ``right`` (float, ``[N, K]``) and
+    ``right_signs``. Each group of blocks takes each side's signs (or widens its int8 signs) once for
+    all the combinations that use them, where `accumulate` per combination takes them once each: the
+    four combinations of ``sgd``, ``signgd`` and ``asym`` take two sign passes instead of four. Sums
+    as in `accumulate` (float64 over blocks of ``block`` columns; int8 x int8 through `torch._int_mm`
+    where `integer_products` says it is faster). ``outs`` are float64 ``[M, N]``.
+    """
+    operands = {"left": (left, left_signs), "right": (right, right_signs)}
+
+    def source(side: str, signed: bool) -> tuple[torch.Tensor, bool]:
+        """The tensor behind ``side``'s variant, and whether its signs are still to be taken."""
+        floats, signs = operands[side]
+        if signed and signs is not None:
+            return signs, False
+        if floats is None:
+            raise ValueError(f"{side}: no float columns to take {'signs' if signed else 'products'} of")
+        return floats, signed
+
+    pending = dict(outs)
+    both = pending.get((True, True))
+    if (both is not None and left_signs is not None and right_signs is not None
+            and uses_integer_products(right.device) and _unit_columns(left_signs, right_signs)):
+        accumulate(both, left_signs, right_signs, block=block)
+        del pending[(True, True)]
+    dtype = right.dtype
+    if len(pending) <= 1 or dtype == torch.float64:  # nothing to share, or one float64 product each
+        for (x, y), out in pending.items():
+            (a, sign_a), (b, sign_b) = source("left", x), source("right", y)
+            accumulate(out, a, b, block=block, sign_left=sign_a, sign_right=sign_b)
+        return
+    variants = {"left": {x for x, _ in pending}, "right": {y for _, y in pending}}
+    sources = {(side, v): source(side, v) for side, vs in variants.items() for v in vs}
+    cols = right.shape[1]
+    for (side, _), (x, _) in sources.items():
+        if x.shape[1] != cols:
+            raise ValueError(f"column counts differ: {x.shape[1]} ({side}) and {cols}")
+    rows = {side: sources[(side, min(vs))][0].shape[0] for side, vs in variants.items()}
+    first, second = ("right", "left") if rows["right"] > rows["left"] else ("left", "right")  # see `accumulate`
+    to_widen = [key for key, (x, take_sign) in sources.items() if take_sign or x.dtype != dtype]
+    blocks = _group_blocks(rows["left"] * rows["right"], sum(rows[side] for side, _ in to_widen), block,
+                           SHARED_GROUP_BYTES)
+    buffers = {key: torch.empty(rows[key[0]], min(blocks * block, cols), dtype=dtype, device=right.device)
+               for key in to_widen}
+    for start in range(0, cols, blocks * block):
+        stop = min(cols, start + blocks * block)
+        parts = {}
+        for key, (x, take_sign) in sources.items():
+            part = x[:, start:stop]
+            if key in buffers:
+                buffer = buffers[key][:, : stop - start]
+                part = torch.sign(part, out=buffer) if take_sign else buffer.copy_(part)
+            parts[key] = part
+        for (x, y), out in pending.items():
+            signed = {"left": x, "right": y}
+            target = out if first == "left" else out.t()
+            _add_blocks(target, parts[(first, signed[first])], parts[(second, signed[second])], block)
