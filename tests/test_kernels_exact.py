@@ -104,13 +104,17 @@ def test_asym_float32_within_1e6_of_float64_with_exact_signs(models) -> None:
     assert _relative(got.kernel, exact.kernel) <= 1e-6
 
 
-def test_factored_training_side_gives_the_kernels_of_stored_gradients(models) -> None:
+@pytest.mark.parametrize("integer", [True, False], ids=["int_mm", "float32-blocks"])
+def test_factored_training_side_gives_the_kernels_of_stored_gradients(models, integer, monkeypatch) -> None:
     """Weight gradients formed again from layer inputs and output gradients: every formula, both targets.
 
     In float64 the factored and the raw stored side agree to round-off; in float32 with the float64
     twin the training side's signs are those of float64 gradients either way (``signgd`` compared
-    with its round-off bound, as its signs of near-zero streamed entries may flip).
+    with its round-off bound, as its signs of near-zero streamed entries may flip). Run with int8
+    sign x sign products as integers and as float32 blocks (the stored signs then taken from the
+    formed raw columns), whichever this CPU would choose.
     """
+    monkeypatch.setattr(products, "integer_products", lambda: integer)
     m32, m64 = models
     a, b = _sides(5, 6, seed=3)
     targets = {"ab": b, "aa": None}
@@ -388,11 +392,19 @@ def test_factored_signs_are_those_of_float64_gradients() -> None:
     # (the flipped kernel takes the float32 eval side's signs, in every strategy: not compared with float64)
     assert _relative(factored[(True, False)], exact["asym"].kernel) <= 1e-6
     assert _relative(parts[(True, False)], exact["asym"].kernel) <= 1e-6
-    # the int8 signs formed for the integer sign x sign product take the same fixes, part by part
-    signs = [(True, True), (True, False)]
-    whole_signs, parts_signs = run(signs, factors=1)[0], run(signs, factors=1, segment_cols=6)[0]
-    assert torch.equal(parts_signs[(True, True)], whole_signs[(True, True)])
-    assert _relative(parts_signs[(True, False)], exact["asym"].kernel) <= 1e-6
+    # the int8 signs formed for the integer sign x sign product take the same fixes, part by part, and
+    # where sign x sign runs as float32 blocks the signs taken from the fixed raw columns are the same
+    signs = [(True, True), (True, False), (False, False)]
+    runs = []
+    for integer in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(products, "integer_products", lambda integer=integer: integer)
+            whole_signs, parts_signs = run(signs, factors=1)[0], run(signs, factors=1, segment_cols=6)[0]
+        assert torch.equal(parts_signs[(True, True)], whole_signs[(True, True)])
+        assert _relative(parts_signs[(True, False)], exact["asym"].kernel) <= 1e-6
+        runs.append(whole_signs)
+    assert torch.equal(runs[0][(True, True)], runs[1][(True, True)])
+    assert _relative(runs[1][(True, False)], runs[0][(True, False)]) <= 1e-6
     # without the twin (exact_signs=False) the float32 signs are 0 there, and the kernel is visibly off
     loose = FastKernelEngine(model, select_parameters(model), asym, memory_budget=2**30, overrides={"factors": 1},
                              exact_signs=False).run(a, {"ab": b})["ab"]
