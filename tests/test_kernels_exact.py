@@ -111,8 +111,7 @@ def test_factored_training_side_gives_the_kernels_of_stored_gradients(models, in
     In float64 the factored and the raw stored side agree to round-off; in float32 with the float64
     twin the training side's signs are those of float64 gradients either way (``signgd`` compared
     with its round-off bound, as its signs of near-zero streamed entries may flip). Run with int8
-    sign x sign products as integers and as float32 blocks (the stored signs then taken from the
-    formed raw columns), whichever this CPU would choose.
+    sign x sign products as integers and as float32 blocks, whichever this CPU would choose.
     """
     monkeypatch.setattr(products, "integer_products", lambda: integer)
     m32, m64 = models
@@ -392,8 +391,8 @@ def test_factored_signs_are_those_of_float64_gradients() -> None:
     # (the flipped kernel takes the float32 eval side's signs, in every strategy: not compared with float64)
     assert _relative(factored[(True, False)], exact["asym"].kernel) <= 1e-6
     assert _relative(parts[(True, False)], exact["asym"].kernel) <= 1e-6
-    # the int8 signs formed for the integer sign x sign product take the same fixes, part by part, and
-    # where sign x sign runs as float32 blocks the signs taken from the fixed raw columns are the same
+    # the int8 signs formed for the sign x sign product take the same fixes, part by part, and give the
+    # same kernel whether they are multiplied as integers or widened to float32 blocks
     signs = [(True, True), (True, False), (False, False)]
     runs = []
     for integer in (True, False):

@@ -9,15 +9,7 @@ import math
 
 import pytest
 
-from benchmark.kernels.planner import (
-    MAX_SEGMENT,
-    MIN_WORK_BYTES,
-    Request,
-    TensorSize,
-    plan,
-    signs_from_raw,
-    stream_entry_bytes,
-)
+from benchmark.kernels.planner import MAX_SEGMENT, MIN_WORK_BYTES, Request, TensorSize, plan, signs_from_raw
 
 SGD, SIGNGD = ((False, False),), ((True, True),)
 ASYM = ((True, False), (False, True))
@@ -255,27 +247,6 @@ def test_asym_takes_the_stored_signs_from_the_formed_raw_columns() -> None:
     avail = request.budget - _kernel_bytes(request)
     assert _streaming_bytes(request, chosen, stored, examples) <= avail < _streaming_bytes(
         request, chosen, stored, examples + 1)
-
-
-def test_without_integer_sign_products_no_int8_signs_are_formed_or_streamed() -> None:
-    """Where the device multiplies int8 signs no faster as integers (``integer_signs=False``), all three
-    formulas take every sign inside the float products: the stored signs from the formed raw columns,
-    no int8 streamed signs (4 bytes per streamed entry, not 5), so a unit holds more rows."""
-    everything = SGD + ASYM + SIGNGD
-    assert not signs_from_raw(everything, store_raw=True)
-    assert signs_from_raw(everything, store_raw=True, integer_signs=False)
-    assert not signs_from_raw(SIGNGD, store_raw=False, integer_signs=False)  # signs alone: stored as int8
-    assert stream_entry_bytes(everything, 4) == 5 and stream_entry_bytes(everything, 4, integer_signs=False) == 4
-    assert stream_entry_bytes(ASYM, 4) == 4
-    common = dict(n_a=32, targets=(1064,), tensors=_roberta_base_tensors(), longest=64, overrides={"factors": 1})
-    plans = {}
-    for integer in (True, False):
-        request = dataclasses.replace(_request(everything, budget=8 * 2**30, **common), captured=2 * 42 * MiB,
-                                      batch_sizes=(16,) * 4, held=84 * MiB, integer_signs=integer)
-        plans[integer] = plan(request)
-        assert plans[integer].integer_signs is integer
-        assert plans[integer].store_raw and plans[integer].store_sign and plans[integer].passes == 1
-    assert plans[False].unit_rows > plans[True].unit_rows
 
 
 def test_a_factored_store_counts_its_sign_fix_buffers() -> None:

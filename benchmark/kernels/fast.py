@@ -107,7 +107,6 @@ from benchmark.kernels.planner import (
     stored_needs,
     stream_entry_bytes,
 )
-from benchmark.kernels.products import uses_integer_products
 from benchmark.kernels.units import stream_units
 from registry import BenchError
 
@@ -207,7 +206,6 @@ class FastKernelEngine(PassOps):
             overrides=self.overrides,
             reserved=self._twin_bytes() if self._wants_twin() else 0,
             scratch_itemsize=(8 if self._wants_twin() else self.itemsize) if self._stores_signs(targets) else 0,
-            integer_signs=(True, True) in self.combos and uses_integer_products(self.device),
         )
         chosen = plan(request)
         if chosen.note:
@@ -247,8 +245,7 @@ class FastKernelEngine(PassOps):
         if len(group.segments) != 1 or self.overrides.get("no_gather"):
             return None
         cols = group.segments[0].stop - group.segments[0].start
-        assert self.plan is not None
-        entry = stream_entry_bytes(self.combos, self.itemsize, self.plan.integer_signs)
+        entry = stream_entry_bytes(self.combos, self.itemsize)
         variants = {x for x, _ in self.combos} | {y for _, y in self.combos}
         formed = stored_rows * cols * entry_bytes(False in variants, True in variants, self.itemsize)
         rows = min(256, int((self.work_budget - (formed if group.factored else 0)) // max(1, entry * cols)))
@@ -436,7 +433,7 @@ class FastKernelEngine(PassOps):
         room = None
         if wide and self.held_per_width is not None and "unit_rows" not in self.overrides:
             # the memory the plan gives a unit, at the probe's width; examples cut shorter hold less, so more fit
-            row = C * self.plan.segment_cols * stream_entry_bytes(self.combos, self.itemsize, self.plan.integer_signs)
+            row = C * self.plan.segment_cols * stream_entry_bytes(self.combos, self.itemsize)
             room = (lambda piece: self._held_estimate(piece) + batch_size(piece) * row,
                     (self.plan.unit_rows // C) * (self.held_bytes + row))
         units = stream_units(stream, max_batch, C, capacity, room)

@@ -35,7 +35,7 @@ from benchmark.kernels.per_example import (
     write_dense,
 )
 from benchmark.kernels.planner import Combo, Plan, signs_from_raw
-from benchmark.kernels.products import accumulate_signed, gram
+from benchmark.kernels.products import accumulate_signed, gram, uses_integer_products
 
 #: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (512 KiB: in
 #: cache for the copy; 1.45 G entries/s on one core where 16 MiB chunks ran at 1.15).
@@ -397,13 +397,12 @@ class PassOps(FactorOps):
         """Whether this group's stored signs are taken from its formed raw columns inside the products
         (`planner.signs_from_raw`; only formed columns, whose signs `_stored_columns` makes exact)."""
         assert self.plan is not None
-        return bool(group.factored) and signs_from_raw(combos, self.plan.store_raw, self.plan.integer_signs)
+        return bool(group.factored) and signs_from_raw(combos, self.plan.store_raw)
 
     def _integer_sign_product(self, combos: list[Combo]) -> bool:
         """Whether the streamed side's signs are formed as int8: only for the integer sign x sign
-        (``signgd``) product, where this device runs it faster than float32 (`Plan.integer_signs`)."""
-        assert self.plan is not None
-        return (True, True) in combos and self.plan.integer_signs
+        (``signgd``) product, where this device runs it faster than float32 (`products.uses_integer_products`)."""
+        return (True, True) in combos and uses_integer_products(self.device)
 
     @staticmethod
     def _multiply(

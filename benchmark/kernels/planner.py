@@ -89,7 +89,6 @@ class Request:
     overrides: Mapping[str, int] = field(default_factory=dict)
     reserved: int = 0  # bytes held outside the plan's shares (the float64 copy of the model for exact signs)
     scratch_itemsize: int = 0  # bytes per entry of the buffer a stored batch passes through (0: written in place)
-    integer_signs: bool = True  # sign x sign runs as an int8 integer product (`products.uses_integer_products`)
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,6 @@ class Plan:
     note: str = ""
     factored: tuple[int, ...] = ()  # tensors stored as layer inputs and output gradients
     unit_rows: int = 0  # streamed rows (example-logits) multiplied together in a group of several segments
-    integer_signs: bool = True  # as `Request.integer_signs`: int8 streamed signs, and formed ones, only then
 
     @property
     def representation(self) -> str:
@@ -128,26 +126,23 @@ def stored_needs(combos: tuple[Combo, ...], symmetric: bool) -> tuple[bool, bool
     return False in sides, True in sides
 
 
-def signs_from_raw(combos: tuple[Combo, ...] | list[Combo], store_raw: bool, integer_signs: bool = True) -> bool:
+def signs_from_raw(combos: tuple[Combo, ...] | list[Combo], store_raw: bool) -> bool:
     """Whether the formed stored columns' signs are taken from their raw gradients inside the products.
 
     So where the raw gradients are formed anyway (a formula uses them on the stored side) and no
-    product is an integer sign x sign one (``signgd`` where ``integer_signs``: the device multiplies
-    int8 signs faster as integers): the signs then cost no int8 copy and no widening back to float
-    (`products.accumulate_signed`).
+    product is the integer sign x sign one (``signgd``): the signs then cost no int8 copy and no
+    widening back to float (`products.accumulate`'s ``sign_left``).
     """
-    integer_product = (True, True) in combos and integer_signs
-    return store_raw and not integer_product and any(x for x, _ in combos)
+    return store_raw and (True, True) not in combos and any(x for x, _ in combos)
 
 
-def stream_entry_bytes(combos: tuple[Combo, ...] | list[Combo], itemsize: int, integer_signs: bool = True) -> int:
-    """Bytes per streamed dense entry: the raw gradient and, for an integer sign x sign product
-    (``signgd`` where ``integer_signs``), an int8 sign.
+def stream_entry_bytes(combos: tuple[Combo, ...] | list[Combo], itemsize: int) -> int:
+    """Bytes per streamed dense entry: the raw gradient and, for sign x sign (``signgd``), an int8 sign.
 
-    Otherwise the streamed signs are taken a group of blocks at a time inside the products
-    (`products.accumulate_signed`), so only the integer sign x sign product keeps them.
+    Against the stored raw gradients or signs, the streamed signs are taken a block at a time
+    inside the product (`products.accumulate`), so only the integer sign x sign product keeps them.
     """
-    return itemsize + (SIGN_BYTES if (True, True) in combos and integer_signs else 0)
+    return itemsize + (SIGN_BYTES if (True, True) in combos else 0)
 
 
 def entry_bytes(store_raw: bool, store_sign: bool, itemsize: int) -> int:
@@ -255,7 +250,7 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
     chunk = max(1, min(r.n_a, int(store_budget // max(largest, 1.0))))
     chunk = r.overrides.get("chunk", chunk)
 
-    stream_bytes = stream_entry_bytes(r.combos, r.itemsize, r.integer_signs)
+    stream_bytes = stream_entry_bytes(r.combos, r.itemsize)
     if factored:  # a batch gets half the activations' share; what is left after it goes to the streamed units
         act_budget = act_budget / 2
     max_batch = max(1, int(act_budget // (max(1, r.captured) * (3 + C))))
@@ -294,7 +289,6 @@ def _layout(r: Request, avail: float, factored: tuple[int, ...], kernel_bytes: i
         note=note,
         factored=tuple(sorted(as_factors)),
         unit_rows=unit_rows,
-        integer_signs=r.integer_signs,
     )
 
 
@@ -319,7 +313,7 @@ def _unit_examples(
     symmetric = any(t is None for t in r.targets)
     store_raw, store_sign = stored_needs(r.combos, symmetric)
     # an a x a target's diagonal block multiplies the formed signs themselves
-    formed_sign = store_sign and (symmetric or not signs_from_raw(r.combos, store_raw, r.integer_signs))
+    formed_sign = store_sign and (symmetric or not signs_from_raw(r.combos, store_raw))
     formed = C * min(chunk, r.n_a) * seg_cols * entry_bytes(store_raw, formed_sign, r.itemsize)
     # held: the recorded inputs and C gradients of the outputs; else estimated from the
     # recorded bytes (outputs about half of them)
@@ -329,8 +323,7 @@ def _unit_examples(
     graph = max_batch * (3 * min(max(1, r.captured), held) + held)
     scratch = max_batch * widest * _fix_scratch_bytes(r) if r.scratch_itemsize else 0
     free = avail * (1 - UNIT_HEADROOM) - stored - formed - graph - scratch
-    per_example = held + C * seg_cols * stream_entry_bytes(r.combos, r.itemsize, r.integer_signs)
-    return max(1, min(MAX_UNIT_EXAMPLES, int(free // per_example)))
+    return max(1, min(MAX_UNIT_EXAMPLES, int(free // (held + C * seg_cols * stream_entry_bytes(r.combos, r.itemsize)))))
 
 
 def _groups(sizes: list[float], n_a: int, store_budget: float) -> list[tuple[int, ...]]:
