@@ -245,3 +245,34 @@ def test_bad_input_raises_bench_error() -> None:
     bad = KernelSplit(train.kernel * math.nan)
     with pytest.raises(BenchError, match="every grid point"):
         select_hyperparameters("svr", bad, y, bad, y, grid=[{"regularization": 0.0}])
+
+
+def _dirty_the_allocator(seed: int) -> None:
+    """Allocate and free integer tensors of random bits, so the next small allocations hold garbage."""
+    g = torch.Generator().manual_seed(seed)
+    garbage = [torch.randint(-(2**62), 2**62, (n,), generator=g, dtype=torch.int64) for n in (6, 8, 12, 16, 24, 36)]
+    del garbage
+
+
+@pytest.mark.parametrize("name", ["lstsq", "asym"])
+def test_rank_deficient_kernels_solve_the_same_way_every_time(name) -> None:
+    """A train kernel of rank 3 over 6 examples (duplicates and collinear gradients, as k-shot data
+    can give): every fit after dirtying memory gives bitwise the same coefficients (torch's default
+    CPU ``gelsy`` driver did not: its pivot array is uninitialized), and lstsq's are the
+    pseudo-inverse's minimum-norm solution."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 1, 8, dtype=torch.float64, generator=g)
+    grads = torch.cat([base, base[:1], base[1:2] * 2.0, base[2:] - base[:1]])  # 6 gradients spanning 3 dims
+    k = kernel(grads, grads)
+    train = KernelSplit(k, k if name == "asym" else None)
+    labels = torch.tensor([1, 0, 1, 1, 0, 0])
+    params = {"regularization": 0.0} if name == "lstsq" else {"regularization": 0.0, "gamma": 1e6}
+    fits = []
+    for seed in range(20):
+        _dirty_the_allocator(seed)
+        solver = get_solver(name, **params).fit(train, labels)
+        fits.append(solver.alpha.clone() if name == "lstsq" else torch.cat([solver.alpha, solver.beta]))
+    assert all(torch.equal(f, fits[0]) for f in fits)
+    if name == "lstsq":
+        want = torch.linalg.pinv(flatten(k), hermitian=True) @ target_matrix(labels, 1).reshape(-1)
+        torch.testing.assert_close(fits[0], want, rtol=1e-9, atol=1e-9)

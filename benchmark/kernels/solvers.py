@@ -12,6 +12,9 @@ Conventions (those of princeton-nlp/LM-Kernel-FT, so that numbers match):
 * Targets: with C = 1 (the binary logit-difference model) ``y = 2 * label - 1`` in {-1, +1}; with
   C > 1 the one-hot vector of the label, flattened with the kernel.
 * Regularization ``r`` adds ``r * sigma_max(K) * I`` to the flattened train kernel.
+* lstsq and asym take the minimum-norm least-squares solution, as the reference's
+  ``torch.linalg.lstsq``, but by SVD (`least_squares`): torch's default CPU driver answers a
+  rank-deficient system differently from call to call.
 * Initial-logit correction (``f0_scaling = s``, off when None): fit ``y - f0 / s`` and add
   ``f0 / s`` to the prediction, where ``f0`` are the model's logits before training
   (`KernelSplit.logits`). Supported by lstsq, svr and asym, as in the reference.
@@ -152,6 +155,19 @@ GAMMA_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 LAMBDA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def least_squares(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The minimum-norm least-squares solution of ``a x = b`` (float64, on the CPU), by SVD.
+
+    Not torch's default CPU driver (``gelsy``): it hands LAPACK an uninitialized pivot array, so on
+    a rank-deficient kernel (duplicate or near-collinear examples, common at k = 16) its answer
+    depends on what the memory held before (pytorch/pytorch#71222, #187411). Measured here: 13
+    different solutions in 100 calls on one 6 x 6 kernel, which changed a run's dev selection
+    between two runs with bitwise-equal kernels. ``gelsd`` gives the same minimum-norm solution
+    (in exact arithmetic) every time.
+    """
+    return torch.linalg.lstsq(a, b, driver="gelsd").solution
+
+
 def _f0_values(cls: type[KernelSolver], with_f0: bool) -> tuple[float | None, ...]:
     return (None, *F0_SCALING_GRID) if with_f0 and cls.supports_f0 else (None,)
 
@@ -272,7 +288,7 @@ class LstsqSolver(KernelSolver):
         if f0 is not None:
             targets = targets - f0
         kernel = regularized(flatten(train.kernel), self.regularization)
-        self.alpha = torch.linalg.lstsq(kernel, targets.reshape(-1, 1)).solution.squeeze(1)
+        self.alpha = least_squares(kernel, targets.reshape(-1, 1)).squeeze(1)
         return self
 
     def decision(self, split: KernelSplit) -> torch.Tensor:
@@ -436,7 +452,7 @@ class AsymSolver(KernelSolver):
         h = signed[:, None] * kernel * signed[None, :]
         eye = torch.eye(n, dtype=torch.float64) / self.gamma
         system = torch.cat([torch.cat([eye, h], 1), torch.cat([h.t(), eye], 1)], 0)
-        solution = torch.linalg.lstsq(system, torch.ones(2 * n, 1, dtype=torch.float64)).solution.squeeze(1)
+        solution = least_squares(system, torch.ones(2 * n, 1, dtype=torch.float64)).squeeze(1)
         self.alpha, self.beta, self.signed = solution[:n], solution[n:], signed
         return self
 
