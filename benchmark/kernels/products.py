@@ -267,7 +267,8 @@ def _stacked_products(pending: Mapping[tuple[bool, bool], torch.Tensor], variant
     side's variants are stacked row-wise into one buffer a group at a time, and one product per block
     gives all the combinations. At the 16-shot unit shape (96 x 64 rows, 4,096 columns) one
     ``[192, 4096] x [4096, 128]`` product ran at 74-79 GFLOP/s where four ``[96, 4096] x [4096, 64]``
-    ran at 59-62 (one core, AVX2)."""
+    ran at 59-62 (microbenchmark, one core, AVX2); the products phase of one such unit in the engine
+    ran 1.06x faster (185 against 197 s), at 16 x 32 1.2-1.3x."""
     rows = {side: sources[(side, vs[0])][0].shape[0] for side, vs in variants.items()}
     # a side is used in place when it has one variant that needs no widening; else it is stacked
     stacked = [side for side, vs in variants.items() if len(vs) > 1 or sources[(side, vs[0])][1]
