@@ -283,6 +283,33 @@ def test_signed_products_in_one_pass_equal_one_product_per_combination(integer, 
         accumulate_signed({c: torch.zeros(3, 7, dtype=torch.float64) for c in ALL_COMBOS}, left[:, 1:], right)
 
 
+def test_all_three_formulas_multiply_signs_in_the_stacked_float_product(monkeypatch) -> None:
+    """Where the integer product is the faster, sign x sign still goes into the one stacked float
+    product when all four combinations are wanted (no `torch._int_mm` call, and the streamed side's
+    int8 signs are not formed), and through `torch._int_mm` otherwise; the sums are exact either way."""
+    monkeypatch.setattr(products, "integer_products", lambda: True)
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or int_mm(a, b))
+    cpu = torch.device("cpu")
+    assert not products.integer_sign_product(ALL_COMBOS, cpu)
+    assert products.integer_sign_product(ALL_COMBOS[1:], cpu) and products.integer_sign_product([(True, True)], cpu)
+    assert not products.integer_sign_product(ALL_COMBOS[2:], cpu)
+    assert not products.integer_sign_product(ALL_COMBOS[1:], torch.device("meta"))
+    g = torch.Generator().manual_seed(4)
+    left, right = torch.randn(5, 2**13 + 3, generator=g), torch.randn(3, 2**13 + 3, generator=g)
+    left_sign, right_sign = torch.sign(left).to(torch.int8), torch.sign(right).to(torch.int8)
+    exact = left_sign.long() @ right_sign.long().t()
+    for combos, integer_calls in ((ALL_COMBOS, 0), (ALL_COMBOS[1:], 1)):
+        calls.clear()
+        outs = {c: torch.zeros(5, 3, dtype=torch.float64) for c in combos}
+        accumulate_signed(outs, left, right, left_signs=left_sign, right_signs=right_sign)
+        assert len(calls) == integer_calls, combos
+        assert torch.equal(outs[(True, True)], exact.double())
+        want = torch.sign(left).double() @ right.double().t()
+        assert _relative(outs[(True, False)], want) < 2e-6
+
+
 def test_fixed_signs_keep_magnitudes_within_round_off() -> None:
     """`_give_fixed_signs` on a strided view: flipped entries keep their magnitude, zeros become the
     smallest normal value of the fixed sign, a fixed zero sign zeroes the entry; nothing else moves."""

@@ -35,7 +35,7 @@ from benchmark.kernels.per_example import (
     write_dense,
 )
 from benchmark.kernels.planner import Combo, Plan, signs_from_raw
-from benchmark.kernels.products import accumulate_signed, gram, uses_integer_products
+from benchmark.kernels.products import accumulate_signed, gram, integer_sign_product
 
 #: Entries of a streamed buffer whose float signs are taken at once before their int8 copy (512 KiB: in
 #: cache for the copy; 1.45 G entries/s on one core where 16 MiB chunks ran at 1.15).
@@ -401,8 +401,9 @@ class PassOps(FactorOps):
 
     def _integer_sign_product(self, combos: list[Combo]) -> bool:
         """Whether the streamed side's signs are formed as int8: only for the integer sign x sign
-        (``signgd``) product, where this device runs it faster than float32 (`products.uses_integer_products`)."""
-        return (True, True) in combos and uses_integer_products(self.device)
+        (``signgd``) product, where this device runs it faster than float32 and the formulas are not all
+        three (`products.integer_sign_product`)."""
+        return integer_sign_product(combos, self.device)
 
     @staticmethod
     def _multiply(

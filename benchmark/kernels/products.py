@@ -12,7 +12,8 @@ Signs (int8 +-1 and 0) against signs are multiplied as integers (`torch._int_mm`
 CPU where that is faster than the float product, else widened to float32 like any int8 side; both
 are exact, so the choice (`integer_products`, timed once per process) changes only the speed: on an
 AVX-512 VNNI CPU the integer product ran ~4x the float one, on an AVX2 one (AMD EPYC) 17x slower
-(3 G op/s against 52-54 GFLOP/s at ``[64, 786,432] x [786,432, 96]``, one core). A sign side
+(3 G op/s against 52-54 GFLOP/s at ``[64, 786,432] x [786,432, 96]``, one core). With all three
+formulas the signs go into the stacked float product instead (`integer_sign_product`). A sign side
 against a float side is widened to float a group of blocks at a time, and the signs of a float
 side (``sign_left``, ``sign_right``) are taken the same way, so that a streamed side's signs (or a
 formed side's) need not be stored. The blocks of a group run as one batched product. Several
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -46,6 +47,21 @@ def uses_integer_products(device: torch.device) -> bool:
     limits there) where it beats the float32 product (`integer_products`). Elsewhere int8 signs are
     widened to float32 a group at a time, and a float side's signs are better taken inside the product."""
     return device.type == "cpu" and integer_products()
+
+
+#: Every combination of a side's floats or signs with the other's: the products of all three formulas.
+ALL_COMBINATIONS = frozenset({(False, False), (True, True), (True, False), (False, True)})
+
+
+def integer_sign_product(combos: Iterable[tuple[bool, bool]], device: torch.device) -> bool:
+    """Whether the sign x sign combination among ``combos`` runs as an integer product on ``device``
+    (`uses_integer_products`): not where ``combos`` are all four, whose one stacked float product
+    (`accumulate_signed`) gives sign x sign at a quarter of its cost. On an AVX-512 CPU with AMX
+    whose integer product ran ~6x the float one, the four combinations at ``[64, 786,432] x
+    [786,432, 96]`` took 0.455 s stacked against 0.60-0.66 s with the integer product (the three
+    float combinations then not stacked), before the int8 signs of the streamed side are formed."""
+    wanted = set(combos)
+    return (True, True) in wanted and wanted != ALL_COMBINATIONS and uses_integer_products(device)
 
 
 #: The shape `integer_products` times: ``[rows, cols] x [cols, rows_right]``, ~0.1 G multiply-adds.
@@ -237,7 +253,7 @@ def accumulate_signed(
     pending = dict(outs)
     both = pending.get((True, True))
     if (both is not None and left_signs is not None and right_signs is not None
-            and uses_integer_products(right.device) and _unit_columns(left_signs, right_signs)):
+            and integer_sign_product(pending, right.device) and _unit_columns(left_signs, right_signs)):
         accumulate(both, left_signs, right_signs, block=block)
         del pending[(True, True)]
     dtype = right.dtype
