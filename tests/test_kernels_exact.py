@@ -285,8 +285,9 @@ def test_signed_products_in_one_pass_equal_one_product_per_combination(integer, 
 
 def test_all_three_formulas_multiply_signs_in_the_stacked_float_product(monkeypatch) -> None:
     """Where the integer product is the faster, sign x sign still goes into the one stacked float
-    product when all four combinations are wanted (no `torch._int_mm` call, and the streamed side's
-    int8 signs are not formed), and through `torch._int_mm` otherwise; the sums are exact either way."""
+    product when all four combinations are wanted (no `torch._int_mm` call; the engine asks the same
+    `integer_sign_product` whether to form the streamed side's int8 signs), and through
+    `torch._int_mm` otherwise; the sums are exact either way."""
     monkeypatch.setattr(products, "integer_products", lambda: True)
     calls = []
     int_mm = torch._int_mm
