@@ -57,7 +57,7 @@ def integer_sign_product(combos: Iterable[tuple[bool, bool]], device: torch.devi
     """Whether the sign x sign combination among ``combos`` runs as an integer product on ``device``
     (`uses_integer_products`): not where ``combos`` are all four, whose one stacked float product
     (`accumulate_signed`) gives sign x sign at a quarter of its cost. On an AVX-512 CPU with AMX
-    whose integer product ran ~6x the float one, the four combinations at ``[64, 786,432] x
+    whose integer product ran 6-8x the float one, the four combinations at ``[64, 786,432] x
     [786,432, 96]`` took 0.455 s stacked against 0.60-0.66 s with the integer product (the three
     float combinations then not stacked), before the int8 signs of the streamed side are formed."""
     wanted = set(combos)
@@ -236,8 +236,8 @@ def accumulate_signed(
     four combinations of ``sgd``, ``signgd`` and ``asym`` take two sign passes instead of four. Where
     the combinations are every left variant with every right one, each side's variants are stacked
     and one product gives them all (`_stacked_products`). Sums as in `accumulate` (float64 over
-    blocks of ``block`` columns; int8 x int8 through `torch._int_mm` where `integer_products` says
-    it is faster). ``outs`` are float64 ``[M, N]``.
+    blocks of ``block`` columns; int8 x int8 through `torch._int_mm` where `integer_sign_product`
+    says so: where it is faster, unless all four combinations are stacked). ``outs`` are float64 ``[M, N]``.
     """
     operands = {"left": (left, left_signs), "right": (right, right_signs)}
 
